@@ -1,0 +1,95 @@
+"""Learning benchmark: base -> grpo, schedule_only, cogrpo and the MaskGRPO estimator, trained with the same
+number of rollouts and the same seeds, each evaluated on the held-out (and training-split) GenEval-format prompts
+at 8 and at 4 decoding steps. Writes the table into BENCHMARKS.md between its markers.
+
+    .venv/bin/python benchmarks/learning.py [--iterations 100] [--methods grpo,schedule_only,cogrpo,maskgrpo]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import time
+from pathlib import Path
+
+from cogrpo.cluster.local import LocalTrainer, schedule_for
+from cogrpo.data.geneval import read_metadata, resolve_metadata_path
+from cogrpo.models.checkpoint import build_model
+from cogrpo.models.schedule_policy import SchedulePolicy
+from cogrpo.proto.config import load_config
+from cogrpo.rollout.evaluate import evaluate
+
+METHODS = {
+    "grpo": ["algo.mode=grpo"],
+    "schedule_only": ["algo.mode=schedule_only"],
+    "cogrpo": ["algo.mode=cogrpo"],
+    "maskgrpo": ["algo.mode=grpo", "algo.theta_likelihood=maskgrpo", "sampler.kind=emerge", "algo.inner_epochs=4"],
+}
+EVAL_STEPS = (8, 4)
+BEGIN, END = "<!-- learning:begin -->", "<!-- learning:end -->"
+
+
+def base_scores(config) -> dict:
+    """The shipped model with the hand schedule, as every method starts."""
+    model = build_model(config.model)
+    policy = SchedulePolicy(config.schedule_policy, model.prompt_feature_dim)
+    out = {}
+    for split, spec in config.train.eval_metadata.items():
+        records = read_metadata(resolve_metadata_path(spec))
+        for steps in EVAL_STEPS:
+            schedule = schedule_for(config, policy, steps, sample_actions=False)
+            result, _, _ = evaluate(model, records, schedule, steps, config.seed, config.sampler.batch_size,
+                                    1, config.sampler.kind)
+            out[(split, steps)] = result["overall"]
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config", default="configs/smoke-cpu.yaml")
+    parser.add_argument("--iterations", type=int, default=100)
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--out", default="runs/bench-learning")
+    parser.add_argument("--write", default="BENCHMARKS.md")
+    args = parser.parse_args()
+    common = [f"train.iterations={args.iterations}", f"train.eval_every={args.iterations}",
+              f"train.checkpoint_every={args.iterations}", f"train.eval_steps={list(EVAL_STEPS)}",
+              "train.eval_at_start=false"]
+    rows, bases = [], {}
+    for method in args.methods.split(","):
+        config = load_config(args.config, common + METHODS[method] + [f"train.run_dir={args.out}/{method}"])
+        kind = config.sampler.kind
+        if kind not in bases:
+            bases[kind] = base_scores(config)
+        start = time.time()
+        evals = LocalTrainer(config, log=lambda line: None).train()
+        minutes = (time.time() - start) / 60
+        scores = {(r["split"], r["steps"]): r["overall"] for r in evals}
+        row = {"method": method, "sampler": kind, "minutes": round(minutes, 1),
+               **{f"{split}@{steps}": round(v, 3) for (split, steps), v in scores.items()},
+               **{f"base {split}@{steps}": round(v, 3) for (split, steps), v in bases[kind].items()}}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    table = render(rows, args)
+    print(table)
+    path = Path(args.write)
+    text = path.read_text() if path.exists() else ""
+    block = f"{BEGIN}\n{table}\n{END}"
+    text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), block, text, flags=re.S) if BEGIN in text \
+        else text + "\n" + block + "\n"
+    path.write_text(text)
+
+
+def render(rows: list[dict], args) -> str:
+    lines = [f"`.venv/bin/python benchmarks/learning.py --iterations {args.iterations} --methods {args.methods}`",
+             "", "| method | sampler | minutes | held-out@8 (base) | held-out@4 (base) | train@8 (base) | train@4 (base) |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        cells = [f"{r[f'{s}@{n}']:.3f} ({r[f'base {s}@{n}']:.3f})" for s in ("heldout", "train") for n in EVAL_STEPS]
+        lines.append(f"| {r['method']} | {r['sampler']} | {r['minutes']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+import sys
+
+from cogrpo.cli import main
+
+sys.exit(main())

@@ -1,0 +1,236 @@
+"""The `cogrpo` command: sample, generate, eval, pretrain, train.
+
+Bad input of any kind ends with one line on stderr and exit code 2; nothing half-written is left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from cogrpo.proto.errors import InputError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2 (argparse's default prints the usage block too)
+        raise InputError(f"{self.prog}: {message}")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML config (default: built-in defaults)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set sampler.steps=4 (repeatable)")
+
+
+def _sampling(p: argparse.ArgumentParser, n_default: int | None) -> None:
+    p.add_argument("--checkpoint", help="model checkpoint: a .safetensors file or a run directory (its latest)")
+    p.add_argument("--steps", type=int, help="decoding steps (default: from the config)")
+    p.add_argument("--seed", type=int, help="sampling seed (default: the config seed)")
+    p.add_argument("--n-per-prompt", type=int, default=n_default, help="images per prompt")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="cogrpo", description="Co-GRPO for masked diffusion models")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("sample", help="images for one prompt, as a labelled grid PNG")
+    _common(p)
+    _sampling(p, None)
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--n", type=int, default=16, help="number of images")
+    p.add_argument("--out", required=True, help="output PNG")
+
+    p = sub.add_parser("generate", help="images for a metadata file, in GenEval's folder layout")
+    _common(p)
+    _sampling(p, 4)
+    p.add_argument("--metadata", required=True, help="GenEval metadata JSONL")
+    p.add_argument("--outdir", required=True)
+
+    p = sub.add_parser("eval", help="GenEval-style scores of a model (--metadata) or of an image folder (--images)")
+    _common(p)
+    _sampling(p, None)
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--metadata", help="GenEval metadata JSONL (default: the config's eval.metadata)")
+    source.add_argument("--images", help="a GenEval-layout folder of generated images to score")
+    p.add_argument("--results", help="also write one JSON line per image here")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = sub.add_parser("train", help="RL fine-tuning (Co-GRPO and its peers) on the configured prompts")
+    _common(p)
+    p.add_argument("--run-dir", help="run directory (default: train.run_dir, or runs/<time>-<mode>)")
+
+    p = sub.add_parser("pretrain", help="train the tiny MDM from scratch on the shapes world")
+    _common(p)
+    p.add_argument("--out", help="checkpoint path (default: pretrain.out from the config)")
+    return parser
+
+
+def _positive(name: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise InputError(f"{name} must be at least 1, got {value}")
+
+
+def _config(args: argparse.Namespace):
+    from cogrpo.proto.config import load_config
+
+    overrides = list(args.overrides)
+    if getattr(args, "checkpoint", None):
+        overrides.append(f"model.checkpoint={json.dumps(args.checkpoint)}")
+    return load_config(args.config, overrides)
+
+
+def _setup(args: argparse.Namespace):
+    """Config, model, steps, seed and schedule shared by the sampling commands. A checkpoint saved by
+    `cogrpo train` brings its learned schedule policy, used with its mean action; otherwise the hand schedule."""
+    import torch
+
+    from cogrpo.learner.checkpoint import load_policy
+    from cogrpo.models.checkpoint import build_model, resolve_checkpoint_path
+    from cogrpo.models.schedule_policy import PolicySchedule
+    from cogrpo.rollout.schedule import HandSchedule, hand_knobs
+
+    for name in ("steps", "n_per_prompt", "n"):
+        _positive(f"--{name.replace('_', '-')}", getattr(args, name, None))
+    config = _config(args)
+    torch.set_num_threads(config.threads)
+    steps = args.steps or config.eval.steps
+    seed = config.seed if args.seed is None else args.seed
+    model = build_model(config.model)
+    policy = None
+    if config.model.checkpoint is not None:
+        policy = load_policy(resolve_checkpoint_path(config.model.checkpoint).parent, model.prompt_feature_dim)
+    schedule = (PolicySchedule(policy, hand_knobs(config.sampler, steps), sample_actions=False) if policy
+                else HandSchedule(config.sampler, steps))
+    return config, model, steps, seed, schedule
+
+
+def cmd_sample(args: argparse.Namespace) -> None:
+    from cogrpo.data.grid import image_grid
+    from cogrpo.data.prompts import parse_prompt, tokenize
+    from cogrpo.rewards.shapes import ShapesReward
+    from cogrpo.rollout.evaluate import generate_images
+
+    _positive("--n", args.n)
+    tokenize(args.prompt)
+    if not args.out.lower().endswith(".png"):
+        raise InputError(f"--out must be a .png file, got {args.out!r}")
+    config, model, steps, seed, schedule = _setup(args)
+    images = generate_images(model, [args.prompt] * args.n, schedule, steps, seed, config.sampler.batch_size,
+                             config.sampler.kind)
+    try:
+        record = parse_prompt(args.prompt)
+        correct = [bool(j.strict) for j in ShapesReward().judge_batch(images, [record] * args.n)]
+    except InputError:  # a free-form prompt in the vocabulary: draw it, but there is nothing to judge
+        correct = [None] * args.n
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    image_grid(images, [args.prompt] * args.n, correct).save(out)
+    judged = [c for c in correct if c is not None]
+    score = f", {sum(judged)}/{len(judged)} correct" if judged else ""
+    print(f"wrote {out} ({args.n} images, {steps} steps{score})")
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from cogrpo.data.geneval import read_metadata, write_generation
+    from cogrpo.rollout.evaluate import generate_images
+
+    records = read_metadata(args.metadata)
+    outdir = Path(args.outdir)
+    if outdir.exists() and (not outdir.is_dir() or any(outdir.iterdir())):
+        raise InputError(f"output folder exists and is not empty: {outdir}")
+    config, model, steps, seed, schedule = _setup(args)
+    n = args.n_per_prompt
+    prompts = [r["prompt"] for r in records for _ in range(n)]
+    flat = generate_images(model, prompts, schedule, steps, seed, config.sampler.batch_size, config.sampler.kind)
+    write_generation(outdir, records, list(flat.reshape(len(records), n, *flat.shape[1:])))
+    print(f"wrote {len(prompts)} images for {len(records)} prompts to {outdir}")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from cogrpo.data.geneval import load_image, read_generation, read_metadata, resolve_metadata_path, write_jsonl
+    from cogrpo.rollout.evaluate import evaluate, judge_images, summary
+
+    if args.images:
+        for flag in ("checkpoint", "steps", "seed", "n_per_prompt"):
+            if getattr(args, flag) is not None:
+                raise InputError(f"--{flag.replace('_', '-')} does not apply to --images (they are already made)")
+        _config(args)  # still validate the config and overrides
+        folders = read_generation(args.images)
+        records = [record for record, _ in folders]
+        images = [np.stack([load_image(p) for p in paths]) for _, paths in folders]
+        rows, judgements = judge_images(records, images)
+        result = summary(rows, judgements)
+    else:
+        config, model, steps, seed, schedule = _setup(args)
+        records = read_metadata(resolve_metadata_path(args.metadata or config.eval.metadata))
+        start = time.time()
+        result, rows, _ = evaluate(model, records, schedule, steps, seed, config.sampler.batch_size,
+                                   args.n_per_prompt or config.eval.n_per_prompt, config.sampler.kind)
+        result.update(steps=steps, seconds=round(time.time() - start, 1))
+    if args.results:
+        write_jsonl(args.results, rows)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        tasks = "  ".join(f"{k} {v:.3f}" for k, v in result["by_task"].items())
+        print(f"overall {result['overall']:.3f}  strict {result['strict']:.3f}  partial {result['partial']:.3f}"
+              f"  ({result['images']} images)\n{tasks}")
+
+
+def cmd_pretrain(args: argparse.Namespace) -> None:
+    import torch
+
+    from cogrpo.data.geneval import read_metadata, resolve_metadata_path
+    from cogrpo.learner.pretrain import pretrain
+    from cogrpo.models.checkpoint import save_model
+    from cogrpo.models.tiny_mdm import TinyMDM
+    from cogrpo.rollout.evaluate import evaluate
+    from cogrpo.rollout.schedule import HandSchedule
+
+    config = _config(args)
+    out = Path(args.out or config.pretrain.out)
+    if out.suffix != ".safetensors":
+        raise InputError(f"pretrain output must be a .safetensors file, got {str(out)!r}")
+    records = read_metadata(resolve_metadata_path(config.eval.metadata))
+    torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    model = TinyMDM(config.model.arch)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"pretraining TinyMDM ({n_params / 1e6:.2f}M parameters) for {config.pretrain.steps} steps", flush=True)
+    stats = pretrain(model, config.pretrain, config.seed, log=lambda row: print(json.dumps(row), flush=True))
+    save_model(model, out, pretrain=json.dumps(stats))
+    result, _, _ = evaluate(model, records, HandSchedule(config.sampler, config.eval.steps), config.eval.steps,
+                            config.seed, config.sampler.batch_size, config.eval.n_per_prompt, config.sampler.kind)
+    print(json.dumps({"checkpoint": str(out), **stats, "eval": result}))
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from cogrpo.cluster.local import LocalTrainer
+
+    config = _config(args)
+    evals = LocalTrainer(config, args.run_dir).train()
+    print(json.dumps({"final_eval": [{k: r[k] for k in ("split", "steps", "overall", "strict", "partial")}
+                                     for r in evals]}))
+
+
+COMMANDS = {"sample": cmd_sample, "generate": cmd_generate, "eval": cmd_eval, "pretrain": cmd_pretrain,
+            "train": cmd_train}
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        COMMANDS[args.command](args)
+    except InputError as exc:
+        print(f"cogrpo: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Runtimes: the single-process trainer and the Ray runtime."""

@@ -1,0 +1,1 @@
+"""Learner: advantages, objectives, the update step, pretraining."""

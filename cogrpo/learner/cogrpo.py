@@ -1,0 +1,193 @@
+"""The Co-GRPO learner: clipped GRPO objectives for the model policy (theta) and the schedule policy (phi), and
+the update step that alternates between them. Free of any runtime: both trainers call `Learner.update`.
+
+theta, trajectory likelihood: per trained step, the committed tokens' log-probs re-computed on the canvas before
+that step with that step's knobs; per-token ratios averaged over the step's tokens (or one product ratio per step).
+theta, MaskGRPO likelihood: the finished sample re-masked at rate r_j with a stored seed per inner epoch j; old and
+reference log-probs on the identical masked inputs, computed once before the first epoch.
+phi: the schedule action's Gaussian log-prob per trained step.
+Every step of a sample shares the sample's group-relative advantage.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from cogrpo.learner.objectives import clipped_surrogate, k3_kl, maskgrpo_rates, random_mask, truncated_is_weight
+from cogrpo.models.interface import MaskedTokenModel
+from cogrpo.models.schedule_policy import SchedulePolicy
+from cogrpo.proto.config import AlgoConfig, Config
+from cogrpo.proto.messages import Trajectory
+from cogrpo.rollout.sampler import replay_log_probs
+
+
+@dataclass
+class ScoredBatch:
+    traj: Trajectory
+    advantages: torch.Tensor  # (B,) group-relative, 0 for unusable samples
+    usable: torch.Tensor  # (B,) bool
+    trained: list[int]  # positions in the executed plan whose log-probs enter the loss
+
+
+def theta_trajectory_objective(model: MaskedTokenModel, traj: Trajectory, adv: torch.Tensor, steps: list[int],
+                               algo: AlgoConfig, old_logp: torch.Tensor | None = None,
+                               reference: MaskedTokenModel | None = None) -> tuple[torch.Tensor, dict]:
+    """Loss (to minimise) and metrics over `steps`. old_logp (B, N): the learner's old log-probs when they differ
+    from the behaviour ones (stale samples); their ratio to the behaviour log-probs is a truncated IS weight."""
+    logp = replay_log_probs(model, traj, steps)  # (B, S, N)
+    own = traj.commit_step[:, None, :] == torch.tensor(steps)[None, :, None]
+    behaviour = traj.token_logp[:, None, :]
+    old = behaviour if old_logp is None else old_logp[:, None, :]
+    weight = truncated_is_weight(old, behaviour, algo.is_cap) * own
+    logratio = (logp - old) * own
+    has_tokens = own.any(-1)  # (B, S)
+    if algo.ratio == "token_mean":
+        surrogate, clipped = clipped_surrogate(logratio, adv[:, None, None], algo.clip_eps)
+        per_step = (surrogate * weight).sum(-1) / own.sum(-1).clamp(min=1)
+        clip_frac = clipped[own].float().mean()
+    else:
+        surrogate, clipped = clipped_surrogate(logratio.sum(-1), adv[:, None], algo.clip_eps)
+        per_step = surrogate * (weight.sum(-1) / own.sum(-1).clamp(min=1))
+        clip_frac = clipped[has_tokens].float().mean()
+    objective = per_step[has_tokens].mean()
+    approx_kl = ((torch.exp(logratio) - 1) - logratio)[own].mean()
+    metrics = {"clip_frac_theta": clip_frac.item(), "approx_kl_theta": approx_kl.item()}
+    loss = -objective
+    if algo.kl_beta > 0 and reference is not None:
+        with torch.no_grad():
+            ref_logp = replay_log_probs(reference, traj, steps)
+        kl = k3_kl(logp, ref_logp)[own].mean()
+        loss = loss + algo.kl_beta * kl
+        metrics["kl_ref"] = kl.item()
+    return loss, metrics
+
+
+def maskgrpo_masks(traj: Trajectory, rates: list[float]) -> list[torch.Tensor]:
+    """The finished samples re-masked at each rate, with one stored seed per inner epoch (derived from the
+    batch seed), so old, reference and new log-probs all see identical inputs."""
+    return [random_mask(tuple(traj.tokens.shape), r, traj.seed * 1009 + j) for j, r in enumerate(rates)]
+
+
+def maskgrpo_log_probs(model: MaskedTokenModel, traj: Trajectory, masked: torch.Tensor) -> torch.Tensor:
+    """log p_theta(x_0 | re-masked x_0, c) at every position (B, N): the conditional model at temperature 1."""
+    inputs = traj.tokens.masked_fill(masked, model.mask_id)
+    logp = F.log_softmax(model(inputs, traj.cond), dim=-1)
+    return logp.gather(-1, traj.tokens[..., None]).squeeze(-1)
+
+
+def theta_maskgrpo_objective(model: MaskedTokenModel, traj: Trajectory, adv: torch.Tensor, masked: torch.Tensor,
+                             old_logp: torch.Tensor, algo: AlgoConfig,
+                             ref_logp: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    logp = maskgrpo_log_probs(model, traj, masked)
+    logratio = (logp - old_logp) * masked
+    surrogate, clipped = clipped_surrogate(logratio, adv[:, None], algo.clip_eps)
+    objective = ((surrogate * masked).sum(-1) / masked.sum(-1)).mean()
+    metrics = {"clip_frac_theta": clipped[masked].float().mean().item(),
+               "approx_kl_theta": ((torch.exp(logratio) - 1) - logratio)[masked].mean().item()}
+    loss = -objective
+    if algo.kl_beta > 0 and ref_logp is not None:
+        kl = k3_kl(logp, ref_logp)[masked].mean()
+        loss = loss + algo.kl_beta * kl
+        metrics["kl_ref"] = kl.item()
+    return loss, metrics
+
+
+def phi_objective(policy: SchedulePolicy, traj: Trajectory, adv: torch.Tensor, steps: list[int],
+                  algo: AlgoConfig) -> tuple[torch.Tensor, dict]:
+    idx = torch.tensor(steps)
+    b = traj.batch_size
+    step = traj.step_index[idx].expand(b, -1)
+    masked_fraction = traj.masked_fraction_before()[:, idx]
+    prompt_feat = traj.prompt_feat[:, None, :].expand(-1, len(steps), -1)
+    mean, std = policy(step, traj.schedule_steps, masked_fraction, prompt_feat)
+    logratio = SchedulePolicy.log_prob(mean, std, traj.sched_action[:, idx]) - traj.sched_logp[:, idx]
+    surrogate, clipped = clipped_surrogate(logratio, adv[:, None], algo.clip_eps_phi)
+    metrics = {"clip_frac_phi": clipped.float().mean().item(),
+               "approx_kl_phi": ((torch.exp(logratio) - 1) - logratio).mean().item(),
+               "std_phi": std.mean().item()}
+    return -surrogate.mean(), metrics
+
+
+class Learner:
+    """Owns theta's and phi's optimisers and runs one update per iteration on a scored batch."""
+
+    def __init__(self, model: MaskedTokenModel, policy: SchedulePolicy, config: Config):
+        self.model, self.policy, self.algo = model, policy, config.algo
+        self.theta_optimizer = torch.optim.AdamW(model.parameters(), lr=self.algo.lr, betas=(0.9, 0.99),
+                                                 weight_decay=self.algo.weight_decay)
+        self.phi_optimizer = torch.optim.Adam(policy.parameters(), lr=config.schedule_policy.lr)
+        self.phi_epochs = config.schedule_policy.epochs
+        self.reference = copy.deepcopy(model).eval().requires_grad_(False) if self.algo.kl_beta > 0 else None
+
+    def phases(self, iteration: int) -> tuple[bool, bool]:
+        """(train theta, train phi) at this iteration."""
+        algo = self.algo
+        if algo.mode == "grpo":
+            return True, False
+        if algo.mode == "schedule_only":
+            return False, True
+        if algo.update == "joint":
+            return True, True
+        theta_block = (iteration // algo.alternate_every) % 2 == (0 if algo.first == "theta" else 1)
+        return theta_block, not theta_block
+
+    def _minibatches(self, traj: Trajectory, epochs: int):
+        """(epoch, index chunks): a fresh reproducible shuffle per epoch."""
+        for epoch in range(epochs):
+            order = torch.randperm(traj.batch_size, generator=torch.Generator().manual_seed(traj.seed + epoch))
+            yield epoch, order.split(self.algo.minibatch)
+
+    def _step(self, optimizer: torch.optim.Optimizer, params, loss: torch.Tensor) -> float:
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(params, self.algo.grad_clip)
+        optimizer.step()
+        return norm.item()
+
+    def update(self, batch: ScoredBatch, iteration: int) -> dict:
+        train_theta, train_phi = self.phases(iteration)
+        algo = self.algo
+        usable = batch.usable.nonzero().squeeze(-1)
+        traj, adv = batch.traj.select(usable), batch.advantages[usable].float()
+        steps = [t for t in batch.trained if traj.stochastic[t]]
+        metrics: dict = {"train_theta": train_theta, "train_phi": train_phi, "usable": len(usable)}
+        if len(usable) == 0 or not steps:
+            return metrics
+        maskgrpo = train_theta and algo.theta_likelihood == "maskgrpo"
+        if maskgrpo:
+            masks = maskgrpo_masks(traj, maskgrpo_rates(algo.maskgrpo_gamma, algo.inner_epochs))
+            with torch.no_grad():
+                old = [maskgrpo_log_probs(self.model, traj, m) for m in masks]
+                ref = [maskgrpo_log_probs(self.reference, traj, m) for m in masks] if self.reference else None
+        sums: dict[str, list[float]] = {}
+
+        def record(m: dict) -> None:
+            for k, v in m.items():
+                sums.setdefault(k, []).append(v)
+
+        if train_theta:
+            self.model.train()
+            for epoch, chunks in self._minibatches(traj, algo.inner_epochs):
+                for chunk in chunks:
+                    mb, mb_adv = traj.select(chunk), adv[chunk]
+                    if maskgrpo:
+                        loss, m = theta_maskgrpo_objective(self.model, mb, mb_adv, masks[epoch][chunk],
+                                                           old[epoch][chunk], algo, ref[epoch][chunk] if ref else None)
+                    else:
+                        loss, m = theta_trajectory_objective(self.model, mb, mb_adv, steps, algo,
+                                                             reference=self.reference)
+                    record({**m, "loss_theta": loss.item(),
+                            "grad_norm_theta": self._step(self.theta_optimizer, self.model.parameters(), loss)})
+        if train_phi:
+            for _, chunks in self._minibatches(traj, self.phi_epochs):
+                for chunk in chunks:
+                    loss, m = phi_objective(self.policy, traj.select(chunk), adv[chunk], steps, algo)
+                    record({**m, "loss_phi": loss.item(),
+                            "grad_norm_phi": self._step(self.phi_optimizer, self.policy.parameters(), loss)})
+        self.model.eval()
+        metrics.update({k: sum(v) / len(v) for k, v in sums.items()})
+        return metrics

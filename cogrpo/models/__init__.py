@@ -1,0 +1,1 @@
+"""Masked-token models, their tokenizers and text conditioning, and the schedule policy network."""

@@ -1,0 +1,104 @@
+"""Model weights on disk: safetensors only (no pickle), with the architecture in the file's metadata."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from cogrpo.models.interface import MaskedTokenModel
+from cogrpo.models.tiny_mdm import TinyMDM
+from cogrpo.proto.config import ModelConfig, TinyMDMArch
+from cogrpo.proto.errors import InputError
+
+BUILTIN_DIR = Path(__file__).parent / "weights"
+BUILTIN_PREFIX = "builtin:"
+
+
+MODEL_FILE = "model.safetensors"
+LATEST = "latest"
+
+
+def resolve_checkpoint_path(spec: str) -> Path:
+    """A safetensors file, "builtin:NAME" for a shipped one, or a run directory (its latest checkpoint)."""
+    if spec.startswith(BUILTIN_PREFIX):
+        return BUILTIN_DIR / f"{spec[len(BUILTIN_PREFIX):]}.safetensors"
+    path = Path(spec)
+    if path.is_dir():
+        marker = path / "checkpoints" / LATEST
+        if not marker.is_file():
+            raise InputError(f"run directory {path} has no complete checkpoint (no checkpoints/{LATEST})")
+        return path / "checkpoints" / marker.read_text().strip() / MODEL_FILE
+    return path
+
+
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Atomic safetensors write: a reader never sees a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"checkpoint not found: {path}")
+    try:
+        tensors = load_file(path)
+        with safe_open(path, framework="pt") as f:
+            metadata = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise InputError(f"checkpoint {path} is not a valid safetensors file ({exc})") from None
+    return tensors, metadata
+
+
+def load_state_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Strict load that names the first mismatch instead of dumping a traceback."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        what = f"missing tensor {missing[0]!r}" if missing else f"unexpected tensor {unexpected[0]!r}"
+        raise InputError(f"checkpoint {source} does not fit the model: {what}")
+    for name, tensor in tensors.items():
+        if tensor.shape != expected[name].shape:
+            raise InputError(f"checkpoint {source} does not fit the model: {name} has shape "
+                             f"{tuple(tensor.shape)}, expected {tuple(expected[name].shape)}")
+    module.load_state_dict(tensors)
+
+
+def save_model(model: TinyMDM, path: str | Path, **extra: str) -> None:
+    metadata = {"kind": "tiny_mdm", "arch": model.arch.model_dump_json(), **extra}
+    save_tensors(path, model.state_dict(), metadata)
+
+
+def load_model(path: str | Path) -> TinyMDM:
+    tensors, metadata = load_tensors(path)
+    if metadata.get("kind") != "tiny_mdm":
+        raise InputError(f"checkpoint {path} is not a tiny_mdm checkpoint (kind={metadata.get('kind')!r})")
+    try:
+        arch = TinyMDMArch.model_validate(json.loads(metadata["arch"]))
+    except (KeyError, ValueError) as exc:
+        raise InputError(f"checkpoint {path} has no valid architecture metadata ({exc})") from None
+    model = TinyMDM(arch)
+    load_state_into(model, tensors, str(path))
+    return model
+
+
+def build_model(config: ModelConfig) -> MaskedTokenModel:
+    """The configured model: loaded from its checkpoint (whose metadata fixes the architecture), or fresh."""
+    if config.checkpoint is None:
+        return TinyMDM(config.arch)
+    return load_model(resolve_checkpoint_path(config.checkpoint))

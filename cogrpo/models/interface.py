@@ -1,0 +1,73 @@
+"""The masked-token model contract the samplers and learners rely on."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class ImageTokenizer(ABC):
+    """Images <-> token grids. The 2x2-patch codebook and a learned VQ model both sit behind this."""
+
+    codebook_size: int
+    grid: tuple[int, int]
+
+    @abstractmethod
+    def encode(self, images: np.ndarray) -> np.ndarray:
+        """uint8 RGB (B, H, W, 3) -> int64 tokens (B, grid_h * grid_w)."""
+
+    @abstractmethod
+    def decode(self, tokens: np.ndarray) -> np.ndarray:
+        """int tokens (B, grid_h * grid_w) -> uint8 RGB (B, H, W, 3)."""
+
+
+class MaskedTokenModel(nn.Module, ABC):
+    """Given token ids (with `mask_id` where masked) and conditioning, logits over the codebook everywhere.
+
+    Conditioning is a tensor whose first dimension is the batch; classifier-free guidance is the sampler's
+    business, through `null_conditioning`.
+    """
+
+    tokenizer: ImageTokenizer
+
+    @property
+    def codebook_size(self) -> int:
+        return self.tokenizer.codebook_size
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return self.tokenizer.grid
+
+    @property
+    def num_tokens(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def mask_id(self) -> int:
+        return self.codebook_size
+
+    @abstractmethod
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        """Text conditioning for a batch of prompts."""
+
+    @abstractmethod
+    def null_conditioning(self, batch: int) -> torch.Tensor:
+        """The unconditional conditioning used for guidance."""
+
+    @abstractmethod
+    def prompt_features(self, cond: torch.Tensor) -> torch.Tensor:
+        """A pooled, detached embedding of the prompt (B, D) for the schedule policy to read."""
+
+    @property
+    @abstractmethod
+    def prompt_feature_dim(self) -> int: ...
+
+    @abstractmethod
+    def forward(self, tokens: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """tokens (B, N) long, cond (B, ...) -> logits (B, N, codebook_size)."""
+
+    def decode_images(self, tokens: torch.Tensor) -> np.ndarray:
+        return self.tokenizer.decode(tokens.cpu().numpy())

@@ -1,0 +1,82 @@
+"""TinyMDM: a ~1M-parameter masked diffusion model over 8x8 patch tokens, trainable on a CPU in minutes.
+
+Prompt words are a prefix; a small residual conv stem over the token grid gives the local inductive bias that a
+CPU-sized budget needs to learn anything spatial; then pre-LN transformer blocks with full attention.
+Embeddings start at std 0.02 so they do not drown the positional signal.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cogrpo.data.prompts import MAX_WORDS, PAD, VOCAB, WORD_ID, null_tokens, tokenize
+from cogrpo.models.interface import MaskedTokenModel
+from cogrpo.models.patch_tokenizer import PatchTokenizer
+from cogrpo.proto.config import TinyMDMArch
+
+
+class Block(nn.Module):
+    def __init__(self, d: int, heads: int, ff_mult: int):
+        super().__init__()
+        self.heads = heads
+        self.ln1 = nn.LayerNorm(d)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+        self.ln2 = nn.LayerNorm(d)
+        self.ff = nn.Sequential(nn.Linear(d, ff_mult * d), nn.GELU(), nn.Linear(ff_mult * d, d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        attn = F.scaled_dot_product_attention(q, k, v)
+        x = x + self.proj(attn.transpose(1, 2).reshape(b, n, d))
+        return x + self.ff(self.ln2(x))
+
+
+class TinyMDM(MaskedTokenModel):
+    def __init__(self, arch: TinyMDMArch = TinyMDMArch()):
+        super().__init__()
+        self.arch = arch
+        self.tokenizer = PatchTokenizer()
+        d = arch.d_model
+        self.word_emb = nn.Embedding(len(VOCAB), d)
+        self.token_emb = nn.Embedding(self.codebook_size + 1, d)  # + the mask token
+        self.pos = nn.Parameter(torch.randn(1, MAX_WORDS + self.num_tokens, d) * 0.02)
+        self.convs = nn.ModuleList(nn.Conv2d(d, d, 3, padding=1) for _ in range(arch.conv_layers))
+        self.blocks = nn.ModuleList(Block(d, arch.heads, arch.ff_mult) for _ in range(arch.layers))
+        self.ln_f = nn.LayerNorm(d)
+        self.head = nn.Linear(d, self.codebook_size)
+        nn.init.normal_(self.word_emb.weight, std=0.02)
+        nn.init.normal_(self.token_emb.weight, std=0.02)
+
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        return torch.tensor([tokenize(p) for p in prompts], dtype=torch.long)
+
+    def null_conditioning(self, batch: int) -> torch.Tensor:
+        return torch.tensor([null_tokens()] * batch, dtype=torch.long)
+
+    @property
+    def prompt_feature_dim(self) -> int:
+        return self.arch.d_model
+
+    @torch.no_grad()
+    def prompt_features(self, cond: torch.Tensor) -> torch.Tensor:
+        """Mean word embedding over the prompt's words (padding excluded)."""
+        words = (cond != WORD_ID[PAD]).float()
+        return (self.word_emb(cond) * words[..., None]).sum(1) / words.sum(1, keepdim=True).clamp(min=1)
+
+    def forward(self, tokens: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        b = tokens.shape[0]
+        gh, gw = self.grid
+        x = self.token_emb(tokens)
+        if self.convs:
+            g = x.transpose(1, 2).reshape(b, -1, gh, gw)
+            for conv in self.convs:
+                g = g + F.gelu(conv(g))
+            x = g.reshape(b, -1, gh * gw).transpose(1, 2)
+        h = torch.cat([self.word_emb(cond), x], dim=1) + self.pos
+        for block in self.blocks:
+            h = block(h)
+        return self.head(self.ln_f(h[:, MAX_WORDS:]))

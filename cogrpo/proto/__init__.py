@@ -1,0 +1,1 @@
+"""Typed contracts: the config tree and the messages that cross process boundaries."""

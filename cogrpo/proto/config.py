@@ -1,0 +1,240 @@
+"""The config tree: one frozen, validated pydantic model per section.
+
+`load_config` reads YAML, applies `--set a.b=value` overrides, validates, and turns every problem into one
+`InputError` line. The resolved config (`Config.model_dump()`) is saved with each run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from cogrpo.proto.errors import InputError
+
+
+class Section(BaseModel):
+    """Base of every config section: frozen, and unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TinyMDMArch(Section):
+    d_model: int = Field(128, gt=0)
+    layers: int = Field(4, gt=0)
+    heads: int = Field(4, gt=0)
+    ff_mult: int = Field(4, gt=0)
+    conv_layers: int = Field(2, ge=0)
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> TinyMDMArch:
+        if self.d_model % self.heads:
+            raise ValueError(f"d_model {self.d_model} is not divisible by heads {self.heads}")
+        return self
+
+
+class ModelConfig(Section):
+    kind: Literal["tiny_mdm"] = "tiny_mdm"
+    # A safetensors file, "builtin:tiny_mdm" for the shipped checkpoint, or null for a fresh random model.
+    checkpoint: str | None = "builtin:tiny_mdm"
+    arch: TinyMDMArch = TinyMDMArch()
+
+
+class SamplerConfig(Section):
+    """The hand schedule and sampler; every knob can later be overridden per step by a schedule policy."""
+
+    kind: Literal["maskgit", "emerge"] = "maskgit"
+    steps: int = Field(8, ge=1, le=256)
+    guidance: float = Field(1.0, ge=0.0)
+    temperature: float = Field(1.0, gt=0.0)
+    remask_temperature: float = Field(4.5, ge=0.0)
+    batch_size: int = Field(64, ge=1)
+
+
+class RewardConfig(Section):
+    """One reward term; several are normalised within the group one by one, weighted, then summed."""
+
+    kind: Literal["shapes"] = "shapes"
+    # Which of the detector's scores is this term: GenEval's strict correctness or partial credit.
+    head: Literal["strict", "partial"] = "strict"
+    weight: float = Field(1.0, gt=0)
+
+
+KnobName = Literal["remask_ratio", "temperature", "remask_temperature", "guidance"]
+
+
+class SchedulePolicyConfig(Section):
+    """pi_phi: a diagonal Gaussian over unconstrained actions, squashed around the hand schedule."""
+
+    learn: tuple[KnobName, ...] = ("remask_ratio", "temperature", "remask_temperature", "guidance")
+    hidden: int = Field(64, gt=0)
+    time_features: int = Field(16, ge=2)
+    std_mode: Literal["learned", "decayed"] = "learned"
+    std_init: float = Field(0.3, gt=0)
+    std_decay: float = Field(0.98, gt=0, le=1)  # per iteration, when decayed
+    std_min: float = Field(0.05, gt=0)
+    lr: float = Field(3e-3, gt=0)
+    epochs: int = Field(4, ge=1)  # inner epochs per phi update (cheap: no model forward)
+
+    @model_validator(mode="after")
+    def _knobs_unique(self) -> SchedulePolicyConfig:
+        if len(set(self.learn)) != len(self.learn) or not self.learn:
+            raise ValueError("learn must name each knob at most once, and at least one")
+        return self
+
+
+class StepSubsetConfig(Section):
+    """Which decoding steps are trained: all; a random fraction each iteration (DanceGRPO); or a MixGRPO
+    sliding window of `window` steps, moved by `stride` every `shift_every` iterations, with greedy decoding
+    outside it and, with `flash_ratio`, fewer steps after it."""
+
+    mode: Literal["all", "random", "window"] = "all"
+    fraction: float = Field(0.5, gt=0, le=1)
+    window: int = Field(4, ge=1)
+    shift_every: int = Field(25, ge=1)
+    stride: int = Field(1, ge=0)
+    flash_ratio: float | None = Field(None, gt=0, le=1)
+
+
+class AlgoConfig(Section):
+    mode: Literal["cogrpo", "grpo", "schedule_only"] = "cogrpo"
+    # cogrpo: alternate `alternate_every` iterations on theta (phi frozen) and on phi (theta frozen), or joint.
+    update: Literal["alternating", "joint"] = "alternating"
+    alternate_every: int = Field(5, ge=1)
+    first: Literal["theta", "phi"] = "theta"
+    group_size: int = Field(8, ge=2)
+    prompts_per_iteration: int = Field(8, ge=1)
+    inner_epochs: int = Field(1, ge=1)
+    minibatch: int = Field(64, ge=1)
+    clip_eps: float = Field(0.2, gt=0)
+    clip_eps_phi: float = Field(0.2, gt=0)
+    ratio: Literal["token_mean", "step_product"] = "token_mean"
+    kl_beta: float = Field(0.0, ge=0)
+    adv_eps: float = Field(1e-4, gt=0)
+    adv_clip: float | None = Field(None, gt=0)
+    is_cap: float = Field(2.0, ge=1)  # truncation of the behaviour -> old importance weight
+    lr: float = Field(5e-5, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    theta_likelihood: Literal["trajectory", "maskgrpo"] = "trajectory"
+    maskgrpo_gamma: float = Field(0.8, ge=0, lt=1)
+    steps: StepSubsetConfig = StepSubsetConfig()
+
+
+class TrainConfig(Section):
+    iterations: int = Field(60, ge=1)
+    # RL prompts: null = the generated train split (no held-out composition), or a metadata file.
+    prompts: str | None = None
+    eval_every: int = Field(20, ge=1)
+    eval_at_start: bool = True
+    eval_metadata: dict[str, str] = {"heldout": "builtin:heldout", "train": "builtin:train"}
+    eval_steps: tuple[int, ...] = (8,)
+    checkpoint_every: int = Field(20, ge=1)
+    run_dir: str | None = None  # default: runs/<timestamp>
+
+
+class EvalConfig(Section):
+    metadata: str = "builtin:heldout"
+    n_per_prompt: int = Field(1, ge=1)
+    steps: int = Field(8, ge=1, le=256)
+
+
+class PretrainConfig(Section):
+    steps: int = Field(1500, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    warmup_steps: int = Field(50, ge=0)
+    weight_decay: float = Field(0.01, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    p_uncond: float = Field(0.1, ge=0, le=1)
+    log_every: int = Field(50, ge=1)
+    out: str = "runs/pretrain/tiny_mdm.safetensors"
+
+
+class Config(Section):
+    seed: int = 0
+    threads: int = Field(2, ge=1)
+    model: ModelConfig = ModelConfig()
+    sampler: SamplerConfig = SamplerConfig()
+    rewards: tuple[RewardConfig, ...] = (RewardConfig(head="strict"), RewardConfig(head="partial", weight=0.5))
+    schedule_policy: SchedulePolicyConfig = SchedulePolicyConfig()
+    algo: AlgoConfig = AlgoConfig()
+    eval: EvalConfig = EvalConfig()
+    pretrain: PretrainConfig = PretrainConfig()
+    train: TrainConfig = TrainConfig()
+    runtime: Literal["local"] = "local"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Config:
+        if not self.rewards:
+            raise ValueError("rewards: at least one reward is needed")
+        learns_guidance = "guidance" in self.schedule_policy.learn and self.algo.mode != "grpo"
+        if learns_guidance and self.sampler.guidance <= 0:
+            raise ValueError("learning guidance needs sampler.guidance > 0 (the policy scales around it)")
+        if self.algo.steps.mode == "window" and self.algo.steps.window > self.sampler.steps:
+            raise ValueError(f"algo.steps.window {self.algo.steps.window} exceeds sampler.steps {self.sampler.steps}")
+        return self
+
+
+def _format_validation_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "<root>"
+    if first["type"] == "extra_forbidden":
+        return f"unknown config key '{where}'"
+    more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return f"config {where}: {first['msg']}{more}"
+
+
+def _apply_override(tree: dict[str, Any], assignment: str) -> None:
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key.strip():
+        raise InputError(f"--set expects key=value, got {assignment!r}")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise InputError(f"--set {key}: cannot parse value {raw!r}") from exc
+    node = tree
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise InputError(f"--set {key}: '{part}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def resolve_config(tree: dict[str, Any], overrides: list[str] = ()) -> Config:
+    tree = yaml.safe_load(yaml.safe_dump(tree))  # deep copy through plain data
+    for assignment in overrides:
+        _apply_override(tree, assignment)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as err:
+        raise InputError(_format_validation_error(err)) from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
+    """Read a YAML config (or the defaults when path is None) and apply `a.b=value` overrides."""
+    tree: Any = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"config file not found: {path}")
+        try:
+            tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError:
+            raise InputError(f"config file is not UTF-8 text: {path}") from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = f" line {mark.line + 1}" if mark else ""
+            raise InputError(f"config file {path}{line}: not valid YAML") from None
+        if not isinstance(tree, dict):
+            raise InputError(f"config file {path}: top level must be a mapping")
+    return resolve_config(tree, list(overrides))
+
+
+def dump_config(config: Config) -> str:
+    return yaml.safe_dump(config.model_dump(), sort_keys=False)

@@ -1,0 +1,1 @@
+"""Rewards behind one interface: images + prompts/metadata -> (scores, valid)."""

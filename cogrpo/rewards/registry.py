@@ -1,0 +1,25 @@
+"""Build the configured reward terms and score a batch with all of them."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cogrpo.proto.config import RewardConfig
+from cogrpo.rewards.interface import Reward
+from cogrpo.rewards.shapes import ShapesReward
+
+
+def build_reward(config: RewardConfig) -> Reward:
+    if config.kind == "shapes":
+        return ShapesReward(config.head)
+    raise ValueError(f"unknown reward kind {config.kind!r}")
+
+
+def score_all(rewards: list[tuple[Reward, float]], images: np.ndarray, prompts: list[str],
+              metadata: list[dict]) -> list[tuple[np.ndarray, np.ndarray, float]]:
+    """(scores, valid, weight) per reward term, in order."""
+    terms = []
+    for reward, weight in rewards:
+        scores, valid = reward.score(images, prompts, metadata)
+        terms.append((np.asarray(scores, dtype=np.float64), np.asarray(valid, dtype=bool), weight))
+    return terms

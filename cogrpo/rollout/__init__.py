@@ -1,0 +1,1 @@
+"""Rollout: the samplers, the hand schedule, trajectory recording and evaluation."""

@@ -1,0 +1,135 @@
+"""Batched trajectory samplers for masked-token models: MaskGIT confidence sampling and MDLM ancestral
+("emerge") sampling, with every knob settable per step and per sample, recording what an RL learner needs.
+
+One step, given knobs (remask_ratio r, temperature tau, remask_temperature g, guidance w):
+  logits = l_c + w (l_c - l_u)                       classifier-free guidance (w = 0: one forward pass)
+  log p  = log_softmax(logits / tau)                 the sampling distribution; its log-probs are recorded
+  x      ~ p at every masked position                (Gumbel-max; greedy argmax on deterministic steps)
+  maskgit: keep masked the floor(N r) masked positions of lowest log p(x) + g * Gumbel, commit the rest
+  emerge:  commit each masked position with probability (m - r) / m, m = fraction masked now
+The last step commits everything; MaskGIT commits at least one token per step.
+
+Which positions get committed is part of the environment: the model policy's likelihood is that of the committed
+token values, as in Co-GRPO. `replay_log_probs` recomputes those likelihoods with gradients.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from cogrpo.models.interface import MaskedTokenModel
+from cogrpo.proto.messages import KNOBS, Trajectory
+from cogrpo.rollout.schedule import Schedule
+
+SAMPLERS = ("maskgit", "emerge")
+_R, _TAU, _G, _W = (KNOBS.index(k) for k in ("remask_ratio", "temperature", "remask_temperature", "guidance"))
+
+
+def _gumbel(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    u = torch.rand(shape, generator=generator).clamp_(1e-20, 1.0 - 1e-7)
+    return -torch.log(-torch.log(u))
+
+
+def guided_log_probs(model: MaskedTokenModel, canvas: torch.Tensor, cond: torch.Tensor, null: torch.Tensor,
+                     knobs: torch.Tensor) -> torch.Tensor:
+    """log-softmax of the guided, temperature-scaled logits: (B, N, V). knobs: (B, len(KNOBS))."""
+    guidance = knobs[:, _W]
+    if bool((guidance == 0).all()):
+        logits = model(canvas, cond)
+    else:
+        cond_logits, null_logits = model(torch.cat([canvas, canvas]), torch.cat([cond, null])).chunk(2)
+        logits = cond_logits + guidance[:, None, None] * (cond_logits - null_logits)
+    return F.log_softmax(logits / knobs[:, _TAU, None, None], dim=-1)
+
+
+def _commit_maskgit(masked, logp_sampled, knobs, last, stochastic, generator):
+    n = masked.shape[1]
+    n_masked = masked.sum(1)
+    keep = torch.zeros_like(n_masked) if last else torch.minimum(
+        torch.floor(n * knobs[:, _R]).long().clamp(min=0), (n_masked - 1).clamp(min=0))
+    confidence = logp_sampled
+    if stochastic:
+        confidence = confidence + knobs[:, _G, None] * _gumbel(tuple(masked.shape), generator)
+    confidence = confidence.masked_fill(~masked, float("inf"))
+    rank = confidence.argsort(dim=1).argsort(dim=1)
+    return masked & (rank >= keep[:, None])
+
+
+def _commit_emerge(masked, logp_sampled, knobs, last, stochastic, generator):
+    if last:
+        return masked
+    if not stochastic:  # deterministic steps take the expected count by confidence, with no noise
+        return _commit_maskgit(masked, logp_sampled, knobs, last, False, generator)
+    frac = masked.float().mean(1)
+    p = ((frac - knobs[:, _R]) / frac.clamp(min=1e-9)).clamp(0.0, 1.0)
+    return masked & (torch.rand(tuple(masked.shape), generator=generator) < p[:, None])
+
+
+@torch.no_grad()
+def generate(model: MaskedTokenModel, cond: torch.Tensor, schedule: Schedule, steps: int, seed: int,
+             sampler: str = "maskgit", stochastic: torch.Tensor | None = None,
+             plan: list[int] | None = None) -> Trajectory:
+    """Decode a batch from an all-masked canvas and record its trajectory. Deterministic for a given seed.
+
+    steps: length of the schedule. plan: the schedule steps to execute, in order (default all; MixGRPO-Flash
+    skips some after its window; the last one must be steps - 1). stochastic: (len(plan),) bool; False steps
+    decode greedily (argmax tokens, noiseless selection, mean schedule action) and carry no log-prob
+    (MixGRPO's deterministic segments). Default: every step is stochastic.
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}")
+    commit_fn = _commit_maskgit if sampler == "maskgit" else _commit_emerge
+    plan = list(range(steps)) if plan is None else list(plan)
+    if not plan or plan[-1] != steps - 1 or any(b <= a for a, b in zip(plan, plan[1:])):
+        raise ValueError(f"plan must be increasing and end at step {steps - 1}: {plan}")
+    stochastic = torch.ones(len(plan), dtype=torch.bool) if stochastic is None else stochastic.bool()
+    generator = torch.Generator().manual_seed(seed)
+    b, n = cond.shape[0], model.num_tokens
+    null = model.null_conditioning(b)
+    prompt_feat = model.prompt_features(cond)
+    canvas = torch.full((b, n), model.mask_id, dtype=torch.long)
+    commit_step = torch.full((b, n), len(plan), dtype=torch.long)
+    token_logp = torch.zeros(b, n)
+    knobs, actions, sched_logp = [], [], []
+    was_training = model.training
+    model.eval()
+    try:
+        for t, schedule_step in enumerate(plan):
+            masked = canvas == model.mask_id
+            decision = schedule.decide(schedule_step, steps, masked.float().mean(1), prompt_feat,
+                                       bool(stochastic[t]), generator)
+            logp_all = guided_log_probs(model, canvas, cond, null, decision.knobs)
+            if stochastic[t]:
+                sampled = (logp_all + _gumbel(tuple(logp_all.shape), generator)).argmax(-1)
+            else:
+                sampled = logp_all.argmax(-1)
+            logp_sampled = logp_all.gather(-1, sampled[..., None]).squeeze(-1)
+            last = t == len(plan) - 1
+            commit = commit_fn(masked, logp_sampled, decision.knobs, last, bool(stochastic[t]), generator)
+            canvas = torch.where(commit, sampled, canvas)
+            commit_step[commit] = t
+            if stochastic[t]:
+                token_logp[commit] = logp_sampled[commit]
+            knobs.append(decision.knobs)
+            actions.append(decision.action)
+            sched_logp.append(decision.logp)
+    finally:
+        model.train(was_training)
+    return Trajectory(cond=cond, tokens=canvas, commit_step=commit_step, token_logp=token_logp,
+                      knobs=torch.stack(knobs, 1), stochastic=stochastic, step_index=torch.tensor(plan),
+                      schedule_steps=steps, prompt_feat=prompt_feat, sched_action=torch.stack(actions, 1),
+                      sched_logp=torch.stack(sched_logp, 1), seed=seed, mask_id=model.mask_id)
+
+
+def replay_log_probs(model: MaskedTokenModel, traj: Trajectory, steps: list[int]) -> torch.Tensor:
+    """Log-probs of the recorded final tokens under the model, re-run on the canvas before each step in `steps`
+    with that step's knobs: (B, len(steps), N). Differentiable; one batched forward pass for all steps.
+    Entries where commit_step != step are not that step's actions; callers mask them."""
+    b = traj.batch_size
+    canvases = torch.cat([traj.canvas_before(t) for t in steps])
+    cond = traj.cond.repeat(len(steps), *([1] * (traj.cond.dim() - 1)))
+    knobs = torch.cat([traj.knobs[:, t] for t in steps])
+    logp_all = guided_log_probs(model, canvases, cond, model.null_conditioning(cond.shape[0]), knobs)
+    logp = logp_all.gather(-1, traj.tokens.repeat(len(steps), 1)[..., None]).squeeze(-1)
+    return logp.view(len(steps), b, -1).transpose(0, 1)

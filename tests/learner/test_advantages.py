@@ -1,0 +1,42 @@
+import numpy as np
+import pytest
+
+from cogrpo.learner.advantages import group_advantages, group_normalize
+
+
+def test_group_relative_advantage_is_z_score_within_each_group():
+    scores = np.array([1.0, 0.0, 0.0, 0.0, 5.0, 7.0])
+    groups = np.array([0, 0, 0, 0, 1, 1])
+    adv = group_normalize(scores, groups, np.ones(6, bool), eps=0.0)
+    r = scores[:4]
+    assert np.allclose(adv[:4], (r - r.mean()) / r.std())
+    assert np.allclose(adv[4:], [-1.0, 1.0])
+
+
+def test_zero_variance_group_gives_zero_advantage_not_nan():
+    adv, usable = group_advantages([(np.ones(4), np.ones(4, bool), 1.0)], np.zeros(4, int), eps=1e-4)
+    assert np.all(adv == 0) and np.isfinite(adv).all() and usable.all()
+
+
+def test_several_rewards_are_normalised_one_by_one_then_weighted():
+    groups = np.zeros(4, int)
+    a, b = np.array([0.0, 1.0, 0.0, 1.0]), np.array([10.0, 20.0, 30.0, 40.0])
+    ones = np.ones(4, bool)
+    adv, _ = group_advantages([(a, ones, 1.0), (b, ones, 0.5)], groups, eps=0.0)
+    expected = (a - a.mean()) / a.std() + 0.5 * (b - b.mean()) / b.std()
+    assert np.allclose(adv, expected)  # b's scale does not swamp a
+
+
+def test_invalid_and_nan_scores_are_masked_and_thin_groups_dropped():
+    scores = np.array([1.0, np.nan, 0.0, 1.0, 0.0, 1.0])
+    valid = np.array([True, True, True, False, True, True])
+    groups = np.array([0, 0, 0, 1, 1, 2])
+    adv, usable = group_advantages([(scores, valid, 1.0)], groups, eps=0.0)
+    assert usable.tolist() == [True, False, True, False, False, False]
+    assert np.allclose(adv[usable], [1.0, -1.0]) and np.all(adv[~usable] == 0)
+
+
+def test_advantage_clipping():
+    scores = np.array([0.0] * 9 + [1.0])
+    adv, _ = group_advantages([(scores, np.ones(10, bool), 1.0)], np.zeros(10, int), eps=0.0, clip=2.0)
+    assert adv.max() == pytest.approx(2.0)

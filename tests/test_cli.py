@@ -1,0 +1,67 @@
+"""The CLI end to end, in-process (cogrpo.cli.main) so failures show tracebacks; exit codes as a shell sees them."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from cogrpo.cli import main
+from cogrpo.data.geneval import write_jsonl
+from cogrpo.data.prompts import colors, counting, position, single_object, two_object
+
+RECORDS = [single_object("square"), colors("red", "circle"), counting(2, "triangle"),
+           two_object("circle", "square"), position("square", "above", "circle", "blue", "red")]
+FAST = ["--set", "sampler.batch_size=16"]
+
+
+@pytest.fixture
+def metadata(tmp_path):
+    path = tmp_path / "m.jsonl"
+    write_jsonl(path, RECORDS)
+    return path
+
+
+def test_sample_writes_a_labelled_grid(tmp_path, capsys):
+    out = tmp_path / "grid.png"
+    assert main(["sample", "--config", "configs/smoke-cpu.yaml", "--prompt", "a photo of a red circle",
+                 "--n", "4", "--out", str(out), "--steps", "4"]) == 0
+    assert out.stat().st_size > 0 and "correct" in capsys.readouterr().out
+
+
+def test_generate_then_eval_images_matches_eval_metadata(tmp_path, metadata, capsys):
+    outdir = tmp_path / "gen"
+    common = ["--config", "configs/smoke-cpu.yaml", "--steps", "4", "--n-per-prompt", "2", *FAST]
+    assert main(["generate", "--metadata", str(metadata), "--outdir", str(outdir), *common]) == 0
+    assert sorted(p.name for p in (outdir / "00004" / "samples").iterdir()) == ["00000.png", "00001.png"]
+    capsys.readouterr()
+    results = tmp_path / "results.jsonl"
+    assert main(["eval", "--config", "configs/smoke-cpu.yaml", "--images", str(outdir), "--json",
+                 "--results", str(results)]) == 0
+    from_images = json.loads(capsys.readouterr().out)
+    assert main(["eval", "--metadata", str(metadata), "--json", *common]) == 0
+    from_model = json.loads(capsys.readouterr().out)
+    for key in ("overall", "strict", "partial", "by_task"):
+        assert from_images[key] == from_model[key]
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    assert len(rows) == 10 and {"tag", "prompt", "correct", "reason"} <= set(rows[0])
+    assert set(from_model["by_task"]) == {r["tag"] for r in RECORDS}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["sample", "--prompt", "a photo of a dog", "--out", "x.png"], "unknown word 'dog'"),
+    (["sample", "--prompt", "a photo of a circle", "--out", "x.png", "--n", "0"], "--n must be at least 1"),
+    (["eval", "--metadata", "missing.jsonl"], "metadata file not found"),
+    (["eval", "--set", "sampler.stepz=3"], "unknown config key 'sampler.stepz'"),
+    (["eval", "--checkpoint", "nope.safetensors"], "checkpoint not found"),
+    (["eval", "--steps", "x"], "invalid int value"),
+    (["frobnicate"], "invalid choice"),
+    (["generate", "--metadata", "m.jsonl"], "required"),
+])
+def test_bad_input_is_one_line_and_exit_code_2(tmp_path, monkeypatch, argv, message):
+    monkeypatch.chdir(tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "cogrpo", *argv], capture_output=True, text=True)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert not any(tmp_path.iterdir())  # nothing half-written
