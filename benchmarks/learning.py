@@ -13,7 +13,8 @@ import re
 import time
 from pathlib import Path
 
-from cogrpo.cluster.local import LocalTrainer, schedule_for
+from cogrpo.cluster.local import LocalTrainer
+from cogrpo.cluster.trainer import schedule_for
 from cogrpo.data.geneval import read_metadata, resolve_metadata_path
 from cogrpo.models.checkpoint import build_model
 from cogrpo.models.schedule_policy import SchedulePolicy

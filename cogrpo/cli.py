@@ -25,11 +25,13 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="override a config field, e.g. --set sampler.steps=4 (repeatable)")
 
 
-def _sampling(p: argparse.ArgumentParser, n_default: int | None) -> None:
+def _sampling(p: argparse.ArgumentParser, n_per_prompt: int | None | bool = False) -> None:
+    """Options of the commands that sample; n_per_prompt=False leaves out --n-per-prompt."""
     p.add_argument("--checkpoint", help="model checkpoint: a .safetensors file or a run directory (its latest)")
     p.add_argument("--steps", type=int, help="decoding steps (default: from the config)")
     p.add_argument("--seed", type=int, help="sampling seed (default: the config seed)")
-    p.add_argument("--n-per-prompt", type=int, default=n_default, help="images per prompt")
+    if n_per_prompt is not False:
+        p.add_argument("--n-per-prompt", type=int, default=n_per_prompt, help="images per prompt")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="images for one prompt, as a labelled grid PNG")
     _common(p)
-    _sampling(p, None)
+    _sampling(p)
     p.add_argument("--prompt", required=True)
     p.add_argument("--n", type=int, default=16, help="number of images")
     p.add_argument("--out", required=True, help="output PNG")
@@ -210,10 +212,20 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from cogrpo.cluster.local import LocalTrainer
-
     config = _config(args)
-    evals = LocalTrainer(config, args.run_dir).train()
+    if config.runtime == "ray":
+        import ray
+
+        from cogrpo.cluster.ray_runtime import RayTrainer
+
+        try:
+            evals = RayTrainer(config, args.run_dir).train()
+        finally:
+            ray.shutdown()
+    else:
+        from cogrpo.cluster.local import LocalTrainer
+
+        evals = LocalTrainer(config, args.run_dir).train()
     print(json.dumps({"final_eval": [{k: r[k] for k in ("split", "steps", "overall", "strict", "partial")}
                                      for r in evals]}))
 

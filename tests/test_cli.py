@@ -48,6 +48,20 @@ def test_generate_then_eval_images_matches_eval_metadata(tmp_path, metadata, cap
     assert set(from_model["by_task"]) == {r["tag"] for r in RECORDS}
 
 
+def test_train_then_eval_the_run_directory_with_its_learned_schedule(tmp_path, metadata, capsys):
+    run_dir = tmp_path / "run"
+    tiny = ["--set", "train.iterations=1", "--set", "algo.prompts_per_iteration=2", "--set", "algo.group_size=4",
+            "--set", "sampler.steps=4", "--set", "train.eval_steps=[4]", "--set", "algo.mode=schedule_only",
+            "--set", f"train.eval_metadata={{small: {metadata}}}", *FAST]
+    assert main(["train", "--config", "configs/smoke-cpu.yaml", "--run-dir", str(run_dir), *tiny]) == 0
+    final = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["final_eval"]
+    assert main(["eval", "--config", str(run_dir / "config.yaml"), "--checkpoint", str(run_dir),
+                 "--metadata", str(metadata), "--steps", "4", "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["overall"] == final[0]["overall"]  # same model, same learned schedule, same seeds
+    assert main(["train", "--config", "configs/smoke-cpu.yaml", "--run-dir", str(run_dir), *tiny]) == 2
+
+
 @pytest.mark.parametrize("argv, message", [
     (["sample", "--prompt", "a photo of a dog", "--out", "x.png"], "unknown word 'dog'"),
     (["sample", "--prompt", "a photo of a circle", "--out", "x.png", "--n", "0"], "--n must be at least 1"),

@@ -17,13 +17,14 @@ POLICY_FILE = "schedule_policy.safetensors"
 STATE_FILE = "state.json"
 
 
-def save_checkpoint(run_dir: Path, iteration: int, model, policy: SchedulePolicy, state: dict) -> Path:
+def save_checkpoint(run_dir: Path, iteration: int, model, policy: SchedulePolicy, state: dict,
+                    model_state: dict | None = None) -> Path:
     root = Path(run_dir) / "checkpoints"
     name = f"iter_{iteration:06d}"
     staging = root / f".{name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    save_model(model, staging / MODEL_FILE)
+    save_model(model, staging / MODEL_FILE, model_state)
     save_tensors(staging / POLICY_FILE, policy.state_dict(), {"config": policy.config.model_dump_json()})
     (staging / STATE_FILE).write_text(json.dumps({"iteration": iteration, **state}))
     final = root / name

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -96,30 +97,70 @@ def theta_maskgrpo_objective(model: MaskedTokenModel, traj: Trajectory, adv: tor
     return loss, metrics
 
 
-def phi_objective(policy: SchedulePolicy, traj: Trajectory, adv: torch.Tensor, steps: list[int],
-                  algo: AlgoConfig) -> tuple[torch.Tensor, dict]:
+def phi_log_probs(policy: SchedulePolicy, traj: Trajectory, steps: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probs (B, len(steps)) of the recorded schedule actions under `policy`, from the recorded inputs, and
+    the policy's std."""
     idx = torch.tensor(steps)
-    b = traj.batch_size
-    step = traj.step_index[idx].expand(b, -1)
+    step = traj.step_index[idx].expand(traj.batch_size, -1)
     masked_fraction = traj.masked_fraction_before()[:, idx]
     prompt_feat = traj.prompt_feat[:, None, :].expand(-1, len(steps), -1)
     mean, std = policy(step, traj.schedule_steps, masked_fraction, prompt_feat)
-    logratio = SchedulePolicy.log_prob(mean, std, traj.sched_action[:, idx]) - traj.sched_logp[:, idx]
+    return SchedulePolicy.log_prob(mean, std, traj.sched_action[:, idx]), std
+
+
+def phi_objective(policy: SchedulePolicy, traj: Trajectory, adv: torch.Tensor, steps: list[int],
+                  algo: AlgoConfig, old_logp: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    """old_logp (B, len(steps)): the learner's old log-probs when they differ from the behaviour ones."""
+    logp, std = phi_log_probs(policy, traj, steps)
+    behaviour = traj.sched_logp[:, torch.tensor(steps)]
+    old = behaviour if old_logp is None else old_logp
+    logratio = logp - old
     surrogate, clipped = clipped_surrogate(logratio, adv[:, None], algo.clip_eps_phi)
+    surrogate = surrogate * truncated_is_weight(old, behaviour, algo.is_cap)
     metrics = {"clip_frac_phi": clipped.float().mean().item(),
                "approx_kl_phi": ((torch.exp(logratio) - 1) - logratio).mean().item(),
                "std_phi": std.mean().item()}
     return -surrogate.mean(), metrics
 
 
-class Learner:
-    """Owns theta's and phi's optimisers and runs one update per iteration on a scored batch."""
+class TorchStep:
+    """backward, clip, step with a plain torch optimizer; returns the gradient norm. `reduce_grads` runs between
+    backward and clipping (data-parallel runtimes average gradients there)."""
 
-    def __init__(self, model: MaskedTokenModel, policy: SchedulePolicy, config: Config):
+    def __init__(self, params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer, clip: float,
+                 reduce_grads: Callable[[list[torch.nn.Parameter]], None] | None = None):
+        self.params, self.optimizer, self.clip, self.reduce_grads = params, optimizer, clip, reduce_grads
+
+    def __call__(self, loss: torch.Tensor) -> float:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.reduce_grads is not None:
+            self.reduce_grads(self.params)
+        norm = torch.nn.utils.clip_grad_norm_(self.params, self.clip)
+        self.optimizer.step()
+        return norm.item()
+
+
+def theta_optimizer(model: torch.nn.Module, algo: AlgoConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(model.parameters(), lr=algo.lr, betas=(0.9, 0.99), weight_decay=algo.weight_decay)
+
+
+def make_phi_step(policy: SchedulePolicy, config: Config, reduce_grads=None) -> TorchStep:
+    optimizer = torch.optim.Adam(policy.parameters(), lr=config.schedule_policy.lr)
+    return TorchStep(list(policy.parameters()), optimizer, config.algo.grad_clip, reduce_grads)
+
+
+class Learner:
+    """Runs one update per iteration on a scored batch. `model` is what the objectives call (a DeepSpeed engine
+    in the distributed runtime); the step callables own the optimisers (plain torch by default)."""
+
+    def __init__(self, model: MaskedTokenModel, policy: SchedulePolicy, config: Config,
+                 theta_step: Callable[[torch.Tensor], float] | None = None,
+                 phi_step: Callable[[torch.Tensor], float] | None = None):
         self.model, self.policy, self.algo = model, policy, config.algo
-        self.theta_optimizer = torch.optim.AdamW(model.parameters(), lr=self.algo.lr, betas=(0.9, 0.99),
-                                                 weight_decay=self.algo.weight_decay)
-        self.phi_optimizer = torch.optim.Adam(policy.parameters(), lr=config.schedule_policy.lr)
+        self.theta_step = theta_step or TorchStep(list(model.parameters()), theta_optimizer(model, config.algo),
+                                                  config.algo.grad_clip)
+        self.phi_step = phi_step or make_phi_step(policy, config)
         self.phi_epochs = config.schedule_policy.epochs
         self.reference = copy.deepcopy(model).eval().requires_grad_(False) if self.algo.kl_beta > 0 else None
 
@@ -141,14 +182,16 @@ class Learner:
             order = torch.randperm(traj.batch_size, generator=torch.Generator().manual_seed(traj.seed + epoch))
             yield epoch, order.split(self.algo.minibatch)
 
-    def _step(self, optimizer: torch.optim.Optimizer, params, loss: torch.Tensor) -> float:
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(params, self.algo.grad_clip)
-        optimizer.step()
-        return norm.item()
+    @torch.no_grad()
+    def _old_log_probs(self, traj: Trajectory, steps: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The learner's current (old) log-probs of stale samples: per committed token (B, N), per step action."""
+        own = traj.commit_step[:, None, :] == torch.tensor(steps)[None, :, None]
+        theta_old = (replay_log_probs(self.model, traj, steps) * own).sum(1)
+        return theta_old, phi_log_probs(self.policy, traj, steps)[0]
 
-    def update(self, batch: ScoredBatch, iteration: int) -> dict:
+    def update(self, batch: ScoredBatch, iteration: int, stale: bool = False) -> dict:
+        """stale: the samples came from older weights than the learner's; their old log-probs are recomputed and
+        the behaviour -> old ratio enters as a truncated importance weight."""
         train_theta, train_phi = self.phases(iteration)
         algo = self.algo
         usable = batch.usable.nonzero().squeeze(-1)
@@ -158,6 +201,9 @@ class Learner:
         if len(usable) == 0 or not steps:
             return metrics
         maskgrpo = train_theta and algo.theta_likelihood == "maskgrpo"
+        theta_old = phi_old = None
+        if stale:
+            theta_old, phi_old = self._old_log_probs(traj, steps)
         if maskgrpo:
             masks = maskgrpo_masks(traj, maskgrpo_rates(algo.maskgrpo_gamma, algo.inner_epochs))
             with torch.no_grad():
@@ -178,16 +224,18 @@ class Learner:
                         loss, m = theta_maskgrpo_objective(self.model, mb, mb_adv, masks[epoch][chunk],
                                                            old[epoch][chunk], algo, ref[epoch][chunk] if ref else None)
                     else:
-                        loss, m = theta_trajectory_objective(self.model, mb, mb_adv, steps, algo,
-                                                             reference=self.reference)
+                        loss, m = theta_trajectory_objective(
+                            self.model, mb, mb_adv, steps, algo, None if theta_old is None else theta_old[chunk],
+                            self.reference)
                     record({**m, "loss_theta": loss.item(),
-                            "grad_norm_theta": self._step(self.theta_optimizer, self.model.parameters(), loss)})
+                            "grad_norm_theta": self.theta_step(loss)})
         if train_phi:
             for _, chunks in self._minibatches(traj, self.phi_epochs):
                 for chunk in chunks:
-                    loss, m = phi_objective(self.policy, traj.select(chunk), adv[chunk], steps, algo)
+                    loss, m = phi_objective(self.policy, traj.select(chunk), adv[chunk], steps, algo,
+                                            None if phi_old is None else phi_old[chunk])
                     record({**m, "loss_phi": loss.item(),
-                            "grad_norm_phi": self._step(self.phi_optimizer, self.policy.parameters(), loss)})
+                            "grad_norm_phi": self.phi_step(loss)})
         self.model.eval()
         metrics.update({k: sum(v) / len(v) for k, v in sums.items()})
         return metrics

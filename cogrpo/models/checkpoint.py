@@ -79,9 +79,10 @@ def load_state_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], s
     module.load_state_dict(tensors)
 
 
-def save_model(model: TinyMDM, path: str | Path, **extra: str) -> None:
+def save_model(model: TinyMDM, path: str | Path, state: dict[str, torch.Tensor] | None = None, **extra: str) -> None:
+    """state: the full tensors when the module's own are partitioned (ZeRO-3); the module's state dict otherwise."""
     metadata = {"kind": "tiny_mdm", "arch": model.arch.model_dump_json(), **extra}
-    save_tensors(path, model.state_dict(), metadata)
+    save_tensors(path, model.state_dict() if state is None else state, metadata)
 
 
 def load_model(path: str | Path) -> TinyMDM:

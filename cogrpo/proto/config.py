@@ -61,6 +61,10 @@ class RewardConfig(Section):
     head: Literal["strict", "partial"] = "strict"
     weight: float = Field(1.0, gt=0)
 
+    @property
+    def name(self) -> str:
+        return f"{self.kind}_{self.head}"
+
 
 KnobName = Literal["remask_ratio", "temperature", "remask_temperature", "guidance"]
 
@@ -154,6 +158,33 @@ class PretrainConfig(Section):
     out: str = "runs/pretrain/tiny_mdm.safetensors"
 
 
+class ClusterConfig(Section):
+    """The Ray runtime: where actors run and how weights travel. Resources are checked before anything starts."""
+
+    # null: start an embedded local cluster; "auto" or "HOST:PORT": attach to a running one.
+    address: str | None = None
+    node_ip: str = "127.0.0.2"  # embedded cluster: Ray rewrites 127.0.0.1 to the network address, not 127.0.0.2
+    num_cpus: int = Field(2, ge=1)  # embedded cluster size
+    object_store_mb: int = Field(512, ge=75)
+    rollout_workers: int = Field(1, ge=1)
+    rollout_cpus: float = Field(1.0, ge=0)
+    rollout_gpus: float = Field(0.0, ge=0)
+    reward_workers: int = Field(1, ge=1)
+    reward_cpus: float = Field(0.0, ge=0)
+    learner_ranks: int = Field(1, ge=1)
+    learner_cpus: float = Field(1.0, ge=0)
+    learner_gpus: float = Field(0.0, ge=0)
+    # extra custom resources per role, e.g. {"rollout_node": 0.01} to pin roles to labelled nodes
+    rollout_resources: dict[str, float] = {}
+    learner_resources: dict[str, float] = {}
+    zero_stage: int = Field(1, ge=0, le=3)
+    weight_sync: Literal["object_store"] = "object_store"
+    max_staleness: int = Field(0, ge=0, le=1)
+    timeout_s: float = Field(600.0, gt=0)
+    master_addr: str = "127.0.0.1"
+    master_port: int = Field(29611, ge=1024, le=65535)
+
+
 class Config(Section):
     seed: int = 0
     threads: int = Field(2, ge=1)
@@ -165,7 +196,8 @@ class Config(Section):
     eval: EvalConfig = EvalConfig()
     pretrain: PretrainConfig = PretrainConfig()
     train: TrainConfig = TrainConfig()
-    runtime: Literal["local"] = "local"
+    runtime: Literal["local", "ray"] = "local"
+    cluster: ClusterConfig = ClusterConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:

@@ -11,7 +11,7 @@ from cogrpo.rewards.shapes import ShapesReward
 
 def build_reward(config: RewardConfig) -> Reward:
     if config.kind == "shapes":
-        return ShapesReward(config.head)
+        return ShapesReward(config.head, name=config.name)
     raise ValueError(f"unknown reward kind {config.kind!r}")
 
 

@@ -110,11 +110,11 @@ def judge(objects: list[DetectedObject], record: dict) -> Judgement:
 class ShapesReward(Reward):
     """The embedded default reward; `head` picks strict (GenEval's correct) or partial credit."""
 
-    def __init__(self, head: str = "partial"):
+    def __init__(self, head: str = "partial", name: str | None = None):
         if head not in ("strict", "partial"):
             raise ValueError(head)
         self.head = head
-        self.name = f"shapes_{head}"
+        self.name = name or f"shapes_{head}"
 
     def judge_batch(self, images: np.ndarray, metadata: list[dict]) -> list[Judgement]:
         return [judge(detect(image), record) for image, record in zip(images, metadata, strict=True)]

@@ -4,25 +4,9 @@ import pytest
 import torch
 
 from cogrpo.cluster.local import LocalTrainer
-from cogrpo.data.geneval import write_jsonl
-from cogrpo.data.prompts import builtin_metadata
 from cogrpo.proto.config import load_config
 
 TIMING = {"rollout_s", "update_s", "iteration_s", "images_per_s", "seconds"}
-
-
-@pytest.fixture(scope="module")
-def eval_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("eval") / "eval.jsonl"
-    write_jsonl(path, builtin_metadata("heldout")[:6])
-    return path
-
-
-def tiny(eval_file, *overrides):
-    return load_config("configs/smoke-cpu.yaml", [
-        "train.iterations=2", "algo.prompts_per_iteration=2", "algo.group_size=4", "sampler.steps=4",
-        "train.eval_steps=[4]", f"train.eval_metadata={{heldout: {eval_file}}}", "algo.alternate_every=1",
-        "sampler.batch_size=8", *overrides])
 
 
 def run(config, tmp_path, name):
@@ -37,8 +21,8 @@ def changed(before, module):
     return any(not torch.equal(before[k], v) for k, v in module.state_dict().items())
 
 
-def test_fixed_seeds_reproduce_the_run_exactly(tmp_path, eval_file):
-    config = tiny(eval_file)
+def test_fixed_seeds_reproduce_the_run_exactly(tmp_path, tiny):
+    config = tiny()
     a, _, _ = run(config, tmp_path, "a")
     b, _, _ = run(config, tmp_path, "b")
     strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMING} for r in rows]  # noqa: E731
@@ -53,21 +37,24 @@ def test_fixed_seeds_reproduce_the_run_exactly(tmp_path, eval_file):
     assert load_config(run_dir / "config.yaml") == config
 
 
-@pytest.mark.parametrize("mode, theta, phi", [("grpo", True, False), ("schedule_only", False, True),
-                                              ("cogrpo", True, True)])
-def test_each_mode_trains_only_its_policies(tmp_path, eval_file, mode, theta, phi):
-    trainer, model_before, policy_before = run(tiny(eval_file, f"algo.mode={mode}"), tmp_path, mode)
-    assert changed(model_before, trainer.model) == theta
-    assert changed(policy_before, trainer.policy) == phi
-    phases = [(m["train_theta"], m["train_phi"]) for m in trainer.run.metrics]
-    if mode == "cogrpo":  # alternating every iteration, theta first
-        assert phases == [(True, False), (False, True)]
+@pytest.mark.parametrize("mode, update, phases", [
+    ("grpo", "alternating", [(True, False), (True, False)]),
+    ("schedule_only", "alternating", [(False, True), (False, True)]),
+    ("cogrpo", "alternating", [(True, False), (False, True)]),  # alternate_every=1, theta first
+    ("cogrpo", "joint", [(True, True), (True, True)]),
+])
+def test_each_mode_trains_only_its_policies(tmp_path, tiny, mode, update, phases):
+    config = tiny(f"algo.mode={mode}", f"algo.update={update}")
+    trainer, model_before, policy_before = run(config, tmp_path, f"{mode}-{update}")
+    assert [(m["train_theta"], m["train_phi"]) for m in trainer.run.metrics] == phases
+    assert changed(model_before, trainer.model) == any(t for t, _ in phases)
+    assert changed(policy_before, trainer.policy) == any(p for _, p in phases)
 
 
-def test_window_flash_and_maskgrpo_variants_run(tmp_path, eval_file):
-    window = tiny(eval_file, "algo.steps.mode=window", "algo.steps.window=2", "algo.steps.flash_ratio=0.5")
+def test_window_flash_and_maskgrpo_variants_run(tmp_path, tiny):
+    window = tiny("algo.steps.mode=window", "algo.steps.window=2", "algo.steps.flash_ratio=0.5")
     run(window, tmp_path, "window")
-    maskgrpo = tiny(eval_file, "algo.mode=grpo", "algo.theta_likelihood=maskgrpo", "sampler.kind=emerge",
+    maskgrpo = tiny("algo.mode=grpo", "algo.theta_likelihood=maskgrpo", "sampler.kind=emerge",
                     "algo.inner_epochs=2")
     trainer, before, _ = run(maskgrpo, tmp_path, "maskgrpo")
     assert changed(before, trainer.model)

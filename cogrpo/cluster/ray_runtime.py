@@ -1,0 +1,295 @@
+"""The Ray runtime: rollout workers, reward workers and a DeepSpeed learner group as Ray actors, driven by the
+shared training loop. The driver moves object references and small arrays (scores, advantages), never the
+trajectories or weights themselves.
+
+Data flow per iteration: rollout batches (the same batches and seeds as the single-process trainer) go to the
+rollout pool; each batch's images go straight to a reward worker; the driver turns the scores into group
+advantages; every learner rank takes its shard of the trajectories from the object store and updates; learner
+rank 0 publishes the new weights (model and schedule policy, one versioned message); rollout workers swap them in
+between batches. With max_staleness 1 the next iteration's rollouts are launched before the update finishes.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import numpy as np
+import ray
+import torch
+
+from cogrpo.cluster.plots import learned_schedule
+from cogrpo.cluster.trainer import Trainer, schedule_for
+from cogrpo.learner.checkpoint import save_checkpoint
+from cogrpo.learner.cogrpo import Learner, ScoredBatch, TorchStep, make_phi_step, theta_optimizer
+from cogrpo.models.checkpoint import build_model
+from cogrpo.models.schedule_policy import SchedulePolicy
+from cogrpo.proto.config import Config
+from cogrpo.proto.errors import InputError
+from cogrpo.proto.messages import Trajectory
+from cogrpo.rewards.registry import build_reward, score_all
+from cogrpo.rollout.collect import rollout_seed
+from cogrpo.rollout.evaluate import evaluate
+from cogrpo.rollout.sampler import generate
+from cogrpo.rollout.schedule import hand_knobs
+from cogrpo.rollout.steps import StepPlan
+
+MODEL, POLICY = "model.", "policy."
+
+
+def named_weights(model: torch.nn.Module, policy: SchedulePolicy) -> dict[str, np.ndarray]:
+    """One versioned message: both policies' tensors as numpy arrays (read zero-copy from the object store)."""
+    out = {MODEL + k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+    out.update({POLICY + k: v.detach().cpu().numpy() for k, v in policy.state_dict().items()})
+    return out
+
+
+def load_named_weights(model: torch.nn.Module, policy: SchedulePolicy, weights: dict[str, np.ndarray]) -> None:
+    for module, prefix in ((model, MODEL), (policy, POLICY)):
+        state = {k[len(prefix):]: torch.from_numpy(np.array(v)) for k, v in weights.items() if k.startswith(prefix)}
+        module.load_state_dict(state)
+
+
+class Actor:
+    def ready(self) -> str:
+        """The id of the node this actor runs on (and proof that its constructor succeeded)."""
+        return ray.get_runtime_context().get_node_id()
+
+
+class RolloutWorker(Actor):
+    """Holds the MDM and the schedule policy; generates trajectory batches tagged with its weight version."""
+
+    def __init__(self, config: Config):
+        torch.set_num_threads(config.threads)
+        self.config = config
+        self.model = build_model(config.model)
+        self.policy = SchedulePolicy(config.schedule_policy, self.model.prompt_feature_dim)
+        self.version = 0
+
+    def load_weights(self, version: int, holder: list) -> int:
+        """Swap in published weights; called between batches (actor calls run one at a time)."""
+        load_named_weights(self.model, self.policy, ray.get(holder[0]))
+        self.version = version
+        return version
+
+    def generate(self, prompts: list[str], plan: StepPlan, seed: int, iteration: int):
+        config = self.config
+        self.policy.decay_std(iteration)
+        schedule = schedule_for(config, self.policy, config.sampler.steps, sample_actions=True)
+        cond = self.model.encode_prompts(prompts)
+        traj = generate(self.model, cond, schedule, config.sampler.steps, seed, config.sampler.kind,
+                        stochastic=plan.stochastic, plan=plan.plan)
+        return (traj, self.version), self.model.decode_images(traj.tokens)
+
+    def evaluate(self, records: list[dict], steps: int):
+        config = self.config
+        schedule = schedule_for(config, self.policy, steps, sample_actions=False)
+        result, _, images = evaluate(self.model, records, schedule, steps, config.seed, config.sampler.batch_size,
+                                     config.eval.n_per_prompt, config.sampler.kind)
+        return result, images[:16]
+
+    def learned_schedule(self, steps: int, prompts: list[str]) -> torch.Tensor:
+        feat = self.model.prompt_features(self.model.encode_prompts(prompts))
+        return learned_schedule(self.policy, hand_knobs(self.config.sampler, steps), feat)
+
+    def weights(self) -> dict[str, np.ndarray]:
+        return named_weights(self.model, self.policy)
+
+
+class RewardWorker(Actor):
+    def __init__(self, config: Config):
+        self.rewards = [(build_reward(r), r.weight) for r in config.rewards]
+
+    def score(self, images: np.ndarray, prompts: list[str], metadata: list[dict]):
+        return score_all(self.rewards, images, prompts, metadata)
+
+
+def deepspeed_config(config: Config) -> dict:
+    return {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
+            "gradient_clipping": config.algo.grad_clip, "zero_optimization": {"stage": config.cluster.zero_stage},
+            "bf16": {"enabled": torch.cuda.is_available()}, "steps_per_print": 10**9}
+
+
+class DeepSpeedStep:
+    """The theta step through a DeepSpeed engine (ZeRO partitioning, gradient averaging and clipping inside)."""
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    def __call__(self, loss: torch.Tensor) -> float:
+        self.engine.backward(loss)
+        self.engine.step()
+        norm = self.engine.get_global_grad_norm()
+        return float(norm) if norm is not None else float("nan")
+
+
+def _average_grads(params: list[torch.nn.Parameter]) -> None:
+    """Data-parallel mean of the schedule policy's gradients (it is small and replicated on every rank)."""
+    world = torch.distributed.get_world_size()
+    for p in params:
+        if p.grad is not None:
+            torch.distributed.all_reduce(p.grad)
+            p.grad /= world
+
+
+class LearnerWorker(Actor):
+    """One data-parallel rank: DeepSpeed (ZeRO stage from the config, gloo on CPU, NCCL on GPU) for theta, a
+    replicated schedule policy for phi, and the shared Learner math."""
+
+    def __init__(self, config: Config, rank: int, world: int):
+        import datetime
+
+        import deepspeed
+
+        torch.set_num_threads(config.threads)
+        cluster = config.cluster
+        os.environ.update(MASTER_ADDR=cluster.master_addr, MASTER_PORT=str(cluster.master_port), RANK=str(rank),
+                          WORLD_SIZE=str(world), LOCAL_RANK="0")
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        deepspeed.init_distributed(dist_backend=backend, rank=rank, world_size=world,
+                                   timeout=datetime.timedelta(seconds=cluster.timeout_s))
+        torch.manual_seed(config.seed)
+        self.config, self.rank, self.world = config, rank, world
+        model = build_model(config.model)
+        self.module = model
+        self.policy = SchedulePolicy(config.schedule_policy, model.prompt_feature_dim)
+        self.engine, *_ = deepspeed.initialize(model=model, optimizer=theta_optimizer(model, config.algo),
+                                               config=deepspeed_config(config))
+        reduce = _average_grads if world > 1 else None
+        self.learner = Learner(self.engine, self.policy, config, theta_step=DeepSpeedStep(self.engine),
+                               phi_step=make_phi_step(self.policy, config, reduce_grads=reduce))
+        self.version = 0
+
+    def update(self, iteration: int, parts: list, advantages: np.ndarray, usable: np.ndarray,
+               trained: list[int]) -> dict:
+        """parts: object refs of (trajectory, weight version) per rollout batch. Every rank takes an equal shard of
+        the usable samples (a remainder that does not divide evenly is left out, so all ranks step together)."""
+        trajs, versions = zip(*ray.get(list(parts)))
+        traj = Trajectory.cat(list(trajs))
+        index = np.flatnonzero(usable)
+        index = index[: len(index) // self.world * self.world][self.rank:: self.world]
+        batch = ScoredBatch(traj.select(torch.from_numpy(index)), torch.from_numpy(advantages[index]),
+                            torch.ones(len(index), dtype=torch.bool), trained)
+        metrics = self.learner.update(batch, iteration, stale=min(versions) < self.version)
+        self.version += 1
+        return {**metrics, "weight_version": self.version, "staleness": float(self.version - 1 - np.mean(versions))}
+
+    def _full_state(self) -> dict[str, torch.Tensor] | None:
+        """The full model state on rank 0 (a ZeRO-3 gather is a collective: every rank calls this)."""
+        import deepspeed
+
+        params = list(self.engine.module.parameters())
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=self.config.cluster.zero_stage == 3):
+            return {k: v.detach().clone() for k, v in self.engine.module.state_dict().items()} if self.rank == 0 else None
+
+    def publish(self) -> list | None:
+        """Rank 0 puts the new weights in the object store and returns [ref] (wrapped, so it is not resolved)."""
+        state = self._full_state()
+        if self.rank != 0:
+            return None
+        weights = {MODEL + k: v.cpu().numpy() for k, v in state.items()}
+        weights.update({POLICY + k: v.detach().cpu().numpy() for k, v in self.policy.state_dict().items()})
+        return [ray.put(weights)]
+
+    def save_checkpoint(self, run_dir: str, iteration: int) -> None:
+        state = self._full_state()
+        if self.rank == 0:
+            save_checkpoint(run_dir, iteration, self.module, self.policy, {"seed": self.config.seed}, state)
+
+
+def _check_resources(config: Config) -> None:
+    """Fail at once with a clear message when the cluster cannot hold the requested actors (never hang pending)."""
+    c = config.cluster
+    need = {"CPU": c.rollout_workers * c.rollout_cpus + c.reward_workers * c.reward_cpus + c.learner_ranks * c.learner_cpus,
+            "GPU": c.rollout_workers * c.rollout_gpus + c.learner_ranks * c.learner_gpus}
+    for name, amount in c.rollout_resources.items():
+        need[name] = need.get(name, 0) + amount * c.rollout_workers
+    for name, amount in c.learner_resources.items():
+        need[name] = need.get(name, 0) + amount * c.learner_ranks
+    have = ray.cluster_resources()
+    for name, amount in need.items():
+        if amount > have.get(name, 0) + 1e-9:
+            raise InputError(f"cluster cannot satisfy the request: {amount:g} {name} needed, "
+                             f"{have.get(name, 0):g} in the cluster (cluster.* in the config)")
+
+
+def connect(config: Config) -> None:
+    if ray.is_initialized():
+        return
+    c = config.cluster
+    if c.address is None:
+        ray.init(num_cpus=c.num_cpus, include_dashboard=False, _node_ip_address=c.node_ip,
+                 object_store_memory=c.object_store_mb * 2**20, log_to_driver=False)
+    else:
+        ray.init(address=c.address, log_to_driver=False)
+
+
+class RayTrainer(Trainer):
+    def __init__(self, config: Config, run_dir: str | None = None, log: Callable[[str], None] = print):
+        connect(config)
+        _check_resources(config)
+        c = config.cluster
+        rollout = ray.remote(RolloutWorker).options(num_cpus=c.rollout_cpus, num_gpus=c.rollout_gpus,
+                                                    resources=dict(c.rollout_resources))
+        reward = ray.remote(RewardWorker).options(num_cpus=c.reward_cpus)
+        learner = ray.remote(LearnerWorker).options(num_cpus=c.learner_cpus, num_gpus=c.learner_gpus,
+                                                    resources=dict(c.learner_resources))
+        self.rollouts = [rollout.remote(config) for _ in range(c.rollout_workers)]
+        self.rewards = [reward.remote(config) for _ in range(c.reward_workers)]
+        self.learners = [learner.remote(config, rank, c.learner_ranks) for rank in range(c.learner_ranks)]
+        self.timeout = c.timeout_s
+        self.version = 0
+        self.prefetched: dict[int, tuple] = {}
+        self._get([a.ready.remote() for a in self.rollouts + self.rewards + self.learners])
+        super().__init__(config, run_dir, log)
+
+    def _get(self, refs):
+        return ray.get(refs, timeout=self.timeout)
+
+    def _launch(self, iteration: int, records: list[dict], plan: StepPlan) -> tuple[list, list]:
+        config, algo = self.config, self.config.algo
+        metadata = [r for r in records for _ in range(algo.group_size)]
+        size = config.sampler.batch_size
+        parts, scores = [], []
+        for k, start in enumerate(range(0, len(metadata), size)):
+            chunk = metadata[start: start + size]
+            prompts = [r["prompt"] for r in chunk]
+            worker = self.rollouts[k % len(self.rollouts)]
+            traj_ref, images_ref = worker.generate.options(num_returns=2).remote(
+                prompts, plan, rollout_seed(config.seed, iteration, k), iteration)
+            parts.append(traj_ref)
+            scores.append(self.rewards[k % len(self.rewards)].score.remote(images_ref, prompts, chunk))
+        return parts, scores
+
+    def rollout_and_score(self, iteration: int, records: list[dict], plan: StepPlan):
+        parts, scores = self.prefetched.pop(iteration, None) or self._launch(iteration, records, plan)
+        per_batch = self._get(scores)
+        terms = [(np.concatenate([b[i][0] for b in per_batch]), np.concatenate([b[i][1] for b in per_batch]),
+                  per_batch[0][i][2]) for i in range(len(per_batch[0]))]
+        return parts, terms
+
+    def update(self, iteration, handle, advantages, usable, plan):
+        config = self.config
+        if config.cluster.max_staleness >= 1 and iteration + 1 < config.train.iterations:
+            from cogrpo.data.prompts import training_records
+            from cogrpo.rollout.steps import step_plan
+
+            nxt = iteration + 1
+            records = training_records(config.seed, nxt, config.algo.prompts_per_iteration, self.pool)
+            self.prefetched[nxt] = self._launch(nxt, records, step_plan(config.algo.steps, config.sampler.steps,
+                                                                        nxt, config.seed))
+        metrics = self._get([w.update.remote(iteration, handle, advantages, usable, plan.trained)
+                             for w in self.learners])[0]
+        self.version = metrics["weight_version"]
+        holder = self._get([w.publish.remote() for w in self.learners])[0]
+        self._get([w.load_weights.remote(self.version, holder) for w in self.rollouts])
+        return metrics
+
+    def evaluate_split(self, records, steps):
+        return self._get(self.rollouts[0].evaluate.remote(records, steps))
+
+    def learned_schedule(self, steps, prompts):
+        return self._get(self.rollouts[0].learned_schedule.remote(steps, prompts))
+
+    def checkpoint(self, iteration: int) -> None:
+        self._get([w.save_checkpoint.remote(str(self.run.path), iteration) for w in self.learners])

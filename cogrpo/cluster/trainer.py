@@ -1,0 +1,136 @@
+"""The training loop both runtimes share: prompts, step plans, advantages, logging, evaluation cadence, plots,
+checkpoint cadence. A runtime decides only where rollouts, scoring, updates and evaluations run."""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from typing import Callable
+
+import numpy as np
+import torch
+
+from cogrpo.cluster.plots import plot_rewards, plot_schedule
+from cogrpo.cluster.run_dir import RunDir
+from cogrpo.data.geneval import read_metadata, resolve_metadata_path
+from cogrpo.data.grid import image_grid
+from cogrpo.data.prompts import training_records
+from cogrpo.learner.advantages import group_advantages
+from cogrpo.models.schedule_policy import PolicySchedule, SchedulePolicy
+from cogrpo.proto.config import Config
+from cogrpo.rollout.collect import group_ids
+from cogrpo.rollout.evaluate import judge_images
+from cogrpo.rollout.schedule import HandSchedule, Schedule, hand_knobs
+from cogrpo.rollout.steps import StepPlan, step_plan
+
+
+def schedule_for(config: Config, policy: SchedulePolicy, steps: int, sample_actions: bool) -> Schedule:
+    """The hand schedule for model-only GRPO; otherwise the schedule policy around the hand schedule."""
+    if config.algo.mode == "grpo":
+        return HandSchedule(config.sampler, steps)
+    return PolicySchedule(policy, hand_knobs(config.sampler, steps), sample_actions)
+
+
+class Trainer(ABC):
+    def __init__(self, config: Config, run_dir: str | None = None, log: Callable[[str], None] = print):
+        self.config, self.log = config, log
+        self.pool = read_metadata(resolve_metadata_path(config.train.prompts)) if config.train.prompts else None
+        self.eval_sets = {name: read_metadata(resolve_metadata_path(path))
+                          for name, path in config.train.eval_metadata.items()}
+        self.run = RunDir.create(config, run_dir)
+
+    # ---- what a runtime provides ----
+    @abstractmethod
+    def rollout_and_score(self, iteration: int, records: list[dict], plan: StepPlan):
+        """Generate G samples per record under the current policies and score them: (handle, terms), where handle
+        is whatever `update` needs to find the trajectories and terms are (scores, valid, weight) per reward."""
+
+    @abstractmethod
+    def update(self, iteration: int, handle, advantages: np.ndarray, usable: np.ndarray, plan: StepPlan) -> dict:
+        """One learner update; returns its metrics."""
+
+    @abstractmethod
+    def evaluate_split(self, records: list[dict], steps: int) -> tuple[dict, np.ndarray]:
+        """GenEval summary and the images (len(records), n, H, W, 3) with the current policies' mean schedule."""
+
+    @abstractmethod
+    def learned_schedule(self, steps: int, prompts: list[str]) -> torch.Tensor:
+        """(steps, len(KNOBS)): the schedule policy's mean knobs per step, for the plot."""
+
+    @abstractmethod
+    def checkpoint(self, iteration: int) -> None: ...
+
+    def runtime_metrics(self) -> dict:
+        return {}
+
+    # ---- the loop ----
+    def iterate(self, iteration: int) -> dict:
+        config, algo = self.config, self.config.algo
+        start = time.time()
+        records = training_records(config.seed, iteration, algo.prompts_per_iteration, self.pool)
+        plan = step_plan(algo.steps, config.sampler.steps, iteration, config.seed)
+        handle, terms = self.rollout_and_score(iteration, records, plan)
+        rollout_s = time.time() - start
+        groups = group_ids(len(records), algo.group_size).numpy()
+        adv, usable = group_advantages(terms, groups, algo.adv_eps, algo.adv_clip)
+        update_start = time.time()
+        metrics = self.update(iteration, handle, adv, usable, plan)
+        names = [f"reward/{r.name}" for r in config.rewards]
+        row = {"iteration": iteration + 1,
+               **{name: float(np.mean(s[v])) if v.any() else float("nan") for name, (s, v, _) in zip(names, terms)},
+               "adv_std": float(adv[usable].std()) if usable.any() else 0.0,
+               "rollout_s": round(rollout_s, 3), "update_s": round(time.time() - update_start, 3),
+               "iteration_s": round(time.time() - start, 3), "images": len(groups),
+               "images_per_s": round(len(groups) / rollout_s, 2), **metrics, **self.runtime_metrics()}
+        self.run.log_metrics(row)
+        return row
+
+    def evaluate(self, iteration: int) -> list[dict]:
+        config = self.config
+        rows = []
+        first = next(iter(self.eval_sets))
+        for steps in config.train.eval_steps:
+            for split, records in self.eval_sets.items():
+                result, images = self.evaluate_split(records, steps)
+                row = {"iteration": iteration, "split": split, "steps": steps, **result}
+                self.run.log_eval(row)
+                rows.append(row)
+                if split == first and steps == config.sampler.steps:
+                    self._sample_grid(iteration, records[:16], images[:16, 0])
+        steps = config.sampler.steps
+        prompts = [r["prompt"] for r in self.eval_sets[first][:64]]
+        plot_schedule(self.learned_schedule(steps, prompts), hand_knobs(config.sampler, steps),
+                      self.run.path / "schedule.png", f"{config.algo.mode} at iteration {iteration}")
+        return rows
+
+    def _sample_grid(self, iteration: int, records: list[dict], images: np.ndarray) -> None:
+        _, judgements = judge_images(records, [im[None] for im in images])
+        grid = image_grid(images, [r["prompt"] for r in records], [bool(j.strict) for j in judgements])
+        grid.save(self.run.path / f"samples_iter_{iteration:06d}.png")
+
+    def train(self) -> list[dict]:
+        config = self.config
+        total = config.train.iterations
+        self.log(f"run directory: {self.run.path}")
+        if config.train.eval_at_start:
+            self.log("iteration 0: " + self._eval_line(self.evaluate(0)))
+        evals: list[dict] = []
+        for iteration in range(total):
+            row = self.iterate(iteration)
+            rewards = "  ".join(f"{k[7:]} {v:.3f}" for k, v in row.items() if k.startswith("reward/"))
+            phase = "+".join(p for p, on in (("theta", row.get("train_theta")), ("phi", row.get("train_phi"))) if on)
+            extra = f"  staleness {row['staleness']:.1f}" if "staleness" in row else ""
+            self.log(f"iteration {iteration + 1}/{total}  {rewards}  {row['images_per_s']:.1f} img/s  "
+                     f"{row['iteration_s']:.1f} s{extra}  [{phase}]")
+            done = iteration + 1
+            if done % config.train.eval_every == 0 or done == total:
+                evals = self.evaluate(done)
+                self.log(f"iteration {done}: " + self._eval_line(evals))
+                plot_rewards(self.run.metrics, self.run.evals, self.run.path / "reward_curve.png")
+            if done % config.train.checkpoint_every == 0 or done == total:
+                self.checkpoint(done)
+        return evals
+
+    @staticmethod
+    def _eval_line(rows: list[dict]) -> str:
+        return "  ".join(f"eval {r['split']}@{r['steps']} overall {r['overall']:.3f}" for r in rows)

@@ -1,0 +1,90 @@
+"""The Ray runtime against the single-process trainer, on an embedded cluster and on two loopback nodes."""
+
+import os
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray")
+pytest.importorskip("deepspeed")
+
+from cogrpo.cluster.local import LocalTrainer  # noqa: E402
+from cogrpo.cluster.ray_runtime import RayTrainer, named_weights  # noqa: E402
+from cogrpo.proto.errors import InputError  # noqa: E402
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
+RAY = ["runtime=ray", "sampler.batch_size=4", "train.eval_at_start=false"]
+
+
+@pytest.fixture
+def local_ray():
+    yield
+    ray.shutdown()
+
+
+def test_distributed_run_matches_the_single_process_trainer(tmp_path, tiny, local_ray):
+    config = tiny(*RAY, "algo.update=joint", "cluster.master_port=29631", "cluster.rollout_workers=2",
+                  "cluster.rollout_cpus=0.5", "cluster.learner_cpus=0.5")
+    local = LocalTrainer(config, str(tmp_path / "local"), log=lambda line: None)
+    local.train()
+    dist = RayTrainer(config, str(tmp_path / "ray"), log=lambda line: None)
+    dist.train()
+    for a, b in zip(local.run.metrics, dist.run.metrics):
+        for key in ("reward/shapes_strict", "reward/shapes_partial", "adv_std"):
+            assert a[key] == b[key], key  # identical rollouts: same weights, batches and seeds
+        for key in ("loss_theta", "loss_phi"):
+            assert a[key] == pytest.approx(b[key], abs=1e-5), key
+    assert dist.run.metrics[-1]["weight_version"] == 2
+    published = ray.get(dist.rollouts[1].weights.remote())
+    mine = named_weights(local.model, local.policy)
+    for name, value in mine.items():
+        np.testing.assert_allclose(published[name], value, atol=1e-5, err_msg=name)
+
+
+def test_a_request_the_cluster_cannot_satisfy_fails_at_once(tmp_path, tiny, local_ray):
+    config = tiny(*RAY, "cluster.learner_gpus=1")
+    with pytest.raises(InputError, match="1 GPU needed, 0 in the cluster"):
+        RayTrainer(config, str(tmp_path / "run"), log=lambda line: None)
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_zero_stages_with_two_learner_ranks_update_and_sync(tmp_path, tiny, local_ray, stage):
+    config = tiny(*RAY, "train.iterations=1", f"cluster.zero_stage={stage}",
+                  "cluster.learner_ranks=2", "cluster.learner_cpus=0.5", "cluster.rollout_cpus=0.5",
+                  f"cluster.master_port={29640 + stage}", "algo.update=joint")
+    trainer = RayTrainer(config, str(tmp_path / f"zero{stage}"), log=lambda line: None)
+    trainer.train()
+    row = trainer.run.metrics[0]
+    assert row["train_theta"] and np.isfinite(row["loss_theta"]) and row["weight_version"] == 1
+    assert (tmp_path / f"zero{stage}" / "checkpoints" / "iter_000001" / "model.safetensors").is_file()
+
+
+def test_two_nodes_rollout_and_learner_apart_with_weights_synced(tmp_path, tiny):
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "resources": {"learner_node": 1}, "node_ip_address": "127.0.0.2",
+        "include_dashboard": False, "object_store_memory": 200 * 2**20})
+    cluster.add_node(num_cpus=1, resources={"rollout_node": 1}, node_ip_address="127.0.0.3",
+                     object_store_memory=200 * 2**20)
+    try:
+        config = tiny(*RAY, "train.iterations=1", f"cluster.address={cluster.address}",
+                      "cluster.rollout_resources={rollout_node: 0.01}", "cluster.learner_resources={learner_node: 0.01}",
+                      "cluster.rollout_cpus=0.5", "cluster.learner_cpus=0.5", "cluster.master_port=29651")
+        trainer = RayTrainer(config, str(tmp_path / "run"), log=lambda line: None)
+        rollout_node = ray.get(trainer.rollouts[0].ready.remote())
+        learner_node = ray.get(trainer.learners[0].ready.remote())
+        nodes = {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes()}
+        assert nodes[rollout_node] == "127.0.0.3" and nodes[learner_node] == "127.0.0.2"
+        trainer.train()
+        holder = ray.get(trainer.learners[0].publish.remote())
+        published = ray.get(holder[0])
+        received = ray.get(trainer.rollouts[0].weights.remote())
+        assert published.keys() == received.keys()
+        for name in published:
+            np.testing.assert_array_equal(published[name], received[name], err_msg=name)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
