@@ -1,6 +1,12 @@
-"""`python -m cogrpo.train --config C`: the training entry point for `ray job submit` and scripts."""
+"""`python -m cogrpo.train --config C [--set k=v ...] [--run-dir D]`: the entrypoint for `ray job submit`.
+
+torch is imported here, before ray.init(): in a `--working-dir` job, ray.init() can re-create the working
+directory, after which a first `import torch` fails to load its libraries (see the README).
+"""
 
 import sys
+
+import torch  # noqa: F401  (import order matters, see above)
 
 from cogrpo.cli import main
 

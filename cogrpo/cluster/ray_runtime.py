@@ -11,7 +11,10 @@ between batches. With max_staleness 1 the next iteration's rollouts are launched
 
 from __future__ import annotations
 
+import datetime
 import os
+import socket
+import time
 from typing import Callable
 
 import numpy as np
@@ -20,6 +23,7 @@ import torch
 
 from cogrpo.cluster.plots import learned_schedule
 from cogrpo.cluster.trainer import Trainer, schedule_for
+from cogrpo.cluster.weight_sync import BroadcastGroup, load_named_state, named_state, to_numpy
 from cogrpo.learner.checkpoint import save_checkpoint
 from cogrpo.learner.cogrpo import Learner, ScoredBatch, TorchStep, make_phi_step, theta_optimizer
 from cogrpo.models.checkpoint import build_model
@@ -34,26 +38,16 @@ from cogrpo.rollout.sampler import generate
 from cogrpo.rollout.schedule import hand_knobs
 from cogrpo.rollout.steps import StepPlan
 
-MODEL, POLICY = "model.", "policy."
-
-
-def named_weights(model: torch.nn.Module, policy: SchedulePolicy) -> dict[str, np.ndarray]:
-    """One versioned message: both policies' tensors as numpy arrays (read zero-copy from the object store)."""
-    out = {MODEL + k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
-    out.update({POLICY + k: v.detach().cpu().numpy() for k, v in policy.state_dict().items()})
-    return out
-
-
-def load_named_weights(model: torch.nn.Module, policy: SchedulePolicy, weights: dict[str, np.ndarray]) -> None:
-    for module, prefix in ((model, MODEL), (policy, POLICY)):
-        state = {k[len(prefix):]: torch.from_numpy(np.array(v)) for k, v in weights.items() if k.startswith(prefix)}
-        module.load_state_dict(state)
-
-
 class Actor:
     def ready(self) -> str:
         """The id of the node this actor runs on (and proof that its constructor succeeded)."""
         return ray.get_runtime_context().get_node_id()
+
+    def join_weight_sync(self, host: str, port: int, rank: int, world: int) -> None:
+        """Join the broadcast group (learner rank 0 is its rank 0 and hosts the store). Collective."""
+        timeout = self.config.cluster.timeout_s
+        store = self.sync_store if rank == 0 else BroadcastGroup.connect_store(host, port, timeout)
+        self.sync = BroadcastGroup(store, rank, world, ray.util.get_node_ip_address(), timeout)
 
 
 class RolloutWorker(Actor):
@@ -67,10 +61,16 @@ class RolloutWorker(Actor):
         self.version = 0
 
     def load_weights(self, version: int, holder: list) -> int:
-        """Swap in published weights; called between batches (actor calls run one at a time)."""
-        load_named_weights(self.model, self.policy, ray.get(holder[0]))
+        """Object-store transport: swap in published weights. Actor calls run one at a time, so weights only
+        change between batches."""
+        load_named_state(self.model, self.policy, ray.get(holder[0]))
         self.version = version
         return version
+
+    def receive_weights(self) -> int:
+        """Collective transport: the broadcast lands in the live tensors (state_dict views), between batches."""
+        self.version = self.sync.receive(named_state(self.model, self.policy))
+        return self.version
 
     def generate(self, prompts: list[str], plan: StepPlan, seed: int, iteration: int):
         config = self.config
@@ -93,7 +93,7 @@ class RolloutWorker(Actor):
         return learned_schedule(self.policy, hand_knobs(self.config.sampler, steps), feat)
 
     def weights(self) -> dict[str, np.ndarray]:
-        return named_weights(self.model, self.policy)
+        return to_numpy(named_state(self.model, self.policy))
 
 
 class RewardWorker(Actor):
@@ -137,19 +137,26 @@ class LearnerWorker(Actor):
     replicated schedule policy for phi, and the shared Learner math."""
 
     def __init__(self, config: Config, rank: int, world: int):
-        import datetime
+        torch.set_num_threads(config.threads)
+        self.config, self.rank, self.world = config, rank, world
 
+    def rendezvous(self) -> tuple[str, int]:
+        """Rank 0: its node's address and a free port for the learners' process group."""
+        with socket.socket() as s:
+            s.bind(("", 0))
+            return ray.util.get_node_ip_address(), s.getsockname()[1]
+
+    def setup(self, master_addr: str, master_port: int) -> None:
+        """Join the learners' group and build the DeepSpeed engine (collective: every rank at once)."""
         import deepspeed
 
-        torch.set_num_threads(config.threads)
-        cluster = config.cluster
-        os.environ.update(MASTER_ADDR=cluster.master_addr, MASTER_PORT=str(cluster.master_port), RANK=str(rank),
+        config, rank, world = self.config, self.rank, self.world
+        os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(rank),
                           WORLD_SIZE=str(world), LOCAL_RANK="0")
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         deepspeed.init_distributed(dist_backend=backend, rank=rank, world_size=world,
-                                   timeout=datetime.timedelta(seconds=cluster.timeout_s))
+                                   timeout=datetime.timedelta(seconds=config.cluster.timeout_s))
         torch.manual_seed(config.seed)
-        self.config, self.rank, self.world = config, rank, world
         model = build_model(config.model)
         self.module = model
         self.policy = SchedulePolicy(config.schedule_policy, model.prompt_feature_dim)
@@ -166,13 +173,16 @@ class LearnerWorker(Actor):
         the usable samples (a remainder that does not divide evenly is left out, so all ranks step together)."""
         trajs, versions = zip(*ray.get(list(parts)))
         traj = Trajectory.cat(list(trajs))
+        sample_version = np.concatenate([np.full(t.batch_size, v) for t, v in zip(trajs, versions)])
         index = np.flatnonzero(usable)
         index = index[: len(index) // self.world * self.world][self.rank:: self.world]
         batch = ScoredBatch(traj.select(torch.from_numpy(index)), torch.from_numpy(advantages[index]),
                             torch.ones(len(index), dtype=torch.bool), trained)
-        metrics = self.learner.update(batch, iteration, stale=min(versions) < self.version)
+        stale = sample_version < self.version
+        metrics = self.learner.update(batch, iteration, stale=bool(stale[index].any()))
         self.version += 1
-        return {**metrics, "weight_version": self.version, "staleness": float(self.version - 1 - np.mean(versions))}
+        return {**metrics, "weight_version": self.version, "stale_samples": int(stale.sum()),
+                "staleness": float(np.mean(self.version - 1 - sample_version))}
 
     def _full_state(self) -> dict[str, torch.Tensor] | None:
         """The full model state on rank 0 (a ZeRO-3 gather is a collective: every rank calls this)."""
@@ -182,14 +192,29 @@ class LearnerWorker(Actor):
         with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=self.config.cluster.zero_stage == 3):
             return {k: v.detach().clone() for k, v in self.engine.module.state_dict().items()} if self.rank == 0 else None
 
+    def weights(self) -> dict[str, np.ndarray] | None:
+        """Rank 0's full message as numpy (for checks; every rank calls it, as for publish)."""
+        state = self._full_state()
+        return to_numpy(named_state(self.module, self.policy, state)) if self.rank == 0 else None
+
+    def host_weight_sync(self) -> tuple[str, int]:
+        """Rank 0 opens the broadcast group's rendezvous store; the others connect to (host, port)."""
+        host = ray.util.get_node_ip_address()
+        self.sync_store = BroadcastGroup.host_store(host, self.config.cluster.timeout_s)
+        return host, self.sync_store.port
+
     def publish(self) -> list | None:
-        """Rank 0 puts the new weights in the object store and returns [ref] (wrapped, so it is not resolved)."""
+        """Every rank calls this (the ZeRO-3 gather is collective). Rank 0 then broadcasts the versioned message
+        (collective transport; returns None) or puts it in the object store and returns [ref] (wrapped, so the
+        driver passes the reference on without resolving it)."""
         state = self._full_state()
         if self.rank != 0:
             return None
-        weights = {MODEL + k: v.cpu().numpy() for k, v in state.items()}
-        weights.update({POLICY + k: v.detach().cpu().numpy() for k, v in self.policy.state_dict().items()})
-        return [ray.put(weights)]
+        message = named_state(self.module, self.policy, state)
+        if self.config.cluster.weight_sync == "collective":
+            self.sync.send(self.version, message)
+            return None
+        return [ray.put(to_numpy(message))]
 
     def save_checkpoint(self, run_dir: str, iteration: int) -> None:
         state = self._full_state()
@@ -214,14 +239,20 @@ def _check_resources(config: Config) -> None:
 
 
 def connect(config: Config) -> None:
+    """Attach to cluster.address, or to the cluster of the Ray job this driver runs in (RAY_ADDRESS), or start an
+    embedded one. The working directory is restored afterwards: inside a `ray job submit --working-dir` job,
+    ray.init() can delete and re-create it."""
     if ray.is_initialized():
         return
     c = config.cluster
-    if c.address is None:
+    cwd = os.getcwd()
+    address = c.address or os.environ.get("RAY_ADDRESS")
+    if address is None:
         ray.init(num_cpus=c.num_cpus, include_dashboard=False, _node_ip_address=c.node_ip,
                  object_store_memory=c.object_store_mb * 2**20, log_to_driver=False)
     else:
-        ray.init(address=c.address, log_to_driver=False)
+        ray.init(address=address, log_to_driver=False)
+    os.chdir(cwd)
 
 
 class RayTrainer(Trainer):
@@ -241,7 +272,15 @@ class RayTrainer(Trainer):
         self.version = 0
         self.prefetched: dict[int, tuple] = {}
         self._get([a.ready.remote() for a in self.rollouts + self.rewards + self.learners])
+        master = self._get(self.learners[0].rendezvous.remote())
+        self._get([w.setup.remote(*master) for w in self.learners])
+        if c.weight_sync == "collective":
+            host, port = self._get(self.learners[0].host_weight_sync.remote())
+            world = 1 + len(self.rollouts)
+            self._get([self.learners[0].join_weight_sync.remote(host, port, 0, world)]
+                      + [w.join_weight_sync.remote(host, port, rank + 1, world) for rank, w in enumerate(self.rollouts)])
         super().__init__(config, run_dir, log)
+        self.sync_weights()  # version 0: rollout workers start from the learner's weights, whatever they loaded
 
     def _get(self, refs):
         return ray.get(refs, timeout=self.timeout)
@@ -281,9 +320,18 @@ class RayTrainer(Trainer):
         metrics = self._get([w.update.remote(iteration, handle, advantages, usable, plan.trained)
                              for w in self.learners])[0]
         self.version = metrics["weight_version"]
-        holder = self._get([w.publish.remote() for w in self.learners])[0]
-        self._get([w.load_weights.remote(self.version, holder) for w in self.rollouts])
-        return metrics
+        return {**metrics, "sync_s": round(self.sync_weights(), 4)}
+
+    def sync_weights(self) -> float:
+        """Learner -> rollout workers; returns the seconds it took. Workers swap weights between batches."""
+        start = time.time()
+        publish = [w.publish.remote() for w in self.learners]
+        if self.config.cluster.weight_sync == "collective":
+            self._get(publish + [w.receive_weights.remote() for w in self.rollouts])
+        else:
+            holder = self._get(publish)[0]
+            self._get([w.load_weights.remote(self.version, holder) for w in self.rollouts])
+        return time.time() - start
 
     def evaluate_split(self, records, steps):
         return self._get(self.rollouts[0].evaluate.remote(records, steps))

@@ -9,6 +9,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from cogrpo.cluster.plots import plot_rewards, plot_schedule
 from cogrpo.cluster.run_dir import RunDir
@@ -109,26 +110,35 @@ class Trainer(ABC):
         grid.save(self.run.path / f"samples_iter_{iteration:06d}.png")
 
     def train(self) -> list[dict]:
+        """The loop. On a terminal a progress bar shows reward, throughput and staleness; elsewhere (CI, job logs)
+        one line per iteration."""
         config = self.config
         total = config.train.iterations
-        self.log(f"run directory: {self.run.path}")
+        bar = tqdm(total=total, desc=config.algo.mode, unit="it", disable=None, dynamic_ncols=True)
+        say = self.log if bar.disable else bar.write
+        say(f"run directory: {self.run.path}")
         if config.train.eval_at_start:
-            self.log("iteration 0: " + self._eval_line(self.evaluate(0)))
+            say("iteration 0: " + self._eval_line(self.evaluate(0)))
         evals: list[dict] = []
         for iteration in range(total):
             row = self.iterate(iteration)
             rewards = "  ".join(f"{k[7:]} {v:.3f}" for k, v in row.items() if k.startswith("reward/"))
             phase = "+".join(p for p, on in (("theta", row.get("train_theta")), ("phi", row.get("train_phi"))) if on)
             extra = f"  staleness {row['staleness']:.1f}" if "staleness" in row else ""
-            self.log(f"iteration {iteration + 1}/{total}  {rewards}  {row['images_per_s']:.1f} img/s  "
-                     f"{row['iteration_s']:.1f} s{extra}  [{phase}]")
+            if bar.disable:
+                say(f"iteration {iteration + 1}/{total}  {rewards}  {row['images_per_s']:.1f} img/s  "
+                    f"{row['iteration_s']:.1f} s{extra}  [{phase}]")
+            else:
+                bar.set_postfix_str(f"{rewards}  {row['images_per_s']:.1f} img/s{extra}  [{phase}]", refresh=False)
+                bar.update()
             done = iteration + 1
             if done % config.train.eval_every == 0 or done == total:
                 evals = self.evaluate(done)
-                self.log(f"iteration {done}: " + self._eval_line(evals))
+                say(f"iteration {done}: " + self._eval_line(evals))
                 plot_rewards(self.run.metrics, self.run.evals, self.run.path / "reward_curve.png")
             if done % config.train.checkpoint_every == 0 or done == total:
                 self.checkpoint(done)
+        bar.close()
         return evals
 
     @staticmethod

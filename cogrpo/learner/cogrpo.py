@@ -193,6 +193,7 @@ class Learner:
         """stale: the samples came from older weights than the learner's; their old log-probs are recomputed and
         the behaviour -> old ratio enters as a truncated importance weight."""
         train_theta, train_phi = self.phases(iteration)
+        self.policy.decay_std(iteration)  # as the rollout had it (idempotent; a remote learner has no rollout)
         algo = self.algo
         usable = batch.usable.nonzero().squeeze(-1)
         traj, adv = batch.traj.select(usable), batch.advantages[usable].float()

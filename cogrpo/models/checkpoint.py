@@ -79,16 +79,25 @@ def load_state_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], s
     module.load_state_dict(tensors)
 
 
-def save_model(model: TinyMDM, path: str | Path, state: dict[str, torch.Tensor] | None = None, **extra: str) -> None:
-    """state: the full tensors when the module's own are partitioned (ZeRO-3); the module's state dict otherwise."""
-    metadata = {"kind": "tiny_mdm", "arch": model.arch.model_dump_json(), **extra}
+def save_model(model: MaskedTokenModel, path: str | Path, state: dict[str, torch.Tensor] | None = None,
+               **extra: str) -> None:
+    """state: the full tensors when the module's own are partitioned (ZeRO-3); the module's state dict otherwise.
+    A TinyMDM file also records its architecture; an aMUSEd file holds the transformer over its base folder."""
+    metadata = {"kind": model.kind, **extra}
+    if isinstance(model, TinyMDM):
+        metadata["arch"] = model.arch.model_dump_json()
     save_tensors(path, model.state_dict() if state is None else state, metadata)
 
 
-def load_model(path: str | Path) -> TinyMDM:
+def _read_checkpoint(path: str | Path, kind: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     tensors, metadata = load_tensors(path)
-    if metadata.get("kind") != "tiny_mdm":
-        raise InputError(f"checkpoint {path} is not a tiny_mdm checkpoint (kind={metadata.get('kind')!r})")
+    if metadata.get("kind") != kind:
+        raise InputError(f"checkpoint {path} holds kind {metadata.get('kind')!r}, not {kind!r}")
+    return tensors, metadata
+
+
+def load_model(path: str | Path) -> TinyMDM:
+    tensors, metadata = _read_checkpoint(path, "tiny_mdm")
     try:
         arch = TinyMDMArch.model_validate(json.loads(metadata["arch"]))
     except (KeyError, ValueError) as exc:
@@ -99,7 +108,16 @@ def load_model(path: str | Path) -> TinyMDM:
 
 
 def build_model(config: ModelConfig) -> MaskedTokenModel:
-    """The configured model: loaded from its checkpoint (whose metadata fixes the architecture), or fresh."""
+    """The configured model. TinyMDM: loaded from its checkpoint (whose metadata fixes the architecture), or fresh.
+    aMUSEd: its local folder, then the fine-tuned transformer weights of `checkpoint` if one is named."""
+    if config.kind == "amused":
+        from cogrpo.models.amused import load_amused  # diffusers is optional and slow to import
+
+        model = load_amused(config.path)
+        if config.checkpoint is not None:
+            path = resolve_checkpoint_path(config.checkpoint)
+            load_state_into(model, _read_checkpoint(path, "amused")[0], str(path))
+        return model
     if config.checkpoint is None:
         return TinyMDM(config.arch)
     return load_model(resolve_checkpoint_path(config.checkpoint))

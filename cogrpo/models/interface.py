@@ -31,6 +31,7 @@ class MaskedTokenModel(nn.Module, ABC):
     business, through `null_conditioning`.
     """
 
+    kind: str  # the ModelConfig.kind that builds it; checkpoints record it
     tokenizer: ImageTokenizer
 
     @property

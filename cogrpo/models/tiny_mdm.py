@@ -36,6 +36,8 @@ class Block(nn.Module):
 
 
 class TinyMDM(MaskedTokenModel):
+    kind = "tiny_mdm"
+
     def __init__(self, arch: TinyMDMArch = TinyMDMArch()):
         super().__init__()
         self.arch = arch

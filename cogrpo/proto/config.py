@@ -36,10 +36,32 @@ class TinyMDMArch(Section):
 
 
 class ModelConfig(Section):
-    kind: Literal["tiny_mdm"] = "tiny_mdm"
-    # A safetensors file, "builtin:tiny_mdm" for the shipped checkpoint, or null for a fresh random model.
+    kind: Literal["tiny_mdm", "amused"] = "tiny_mdm"
+    # tiny_mdm: a safetensors file, "builtin:tiny_mdm" for the shipped checkpoint, or null for a fresh random model.
+    # amused: null for the folder's own weights, or fine-tuned ones (a safetensors file or a run directory).
     checkpoint: str | None = "builtin:tiny_mdm"
-    arch: TinyMDMArch = TinyMDMArch()
+    arch: TinyMDMArch = TinyMDMArch()  # tiny_mdm only
+    # amused: a local folder in the diffusers AmusedPipeline layout. Its contents are checked when the model is
+    # built, on the machine that builds it (a driver need not hold the weights its GPU workers load).
+    path: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _amused_starts_from_its_folder(cls, data: Any) -> Any:
+        """The shipped TinyMDM default means nothing for aMUSEd: its default checkpoint is none."""
+        if isinstance(data, dict) and data.get("kind") == "amused" and "checkpoint" not in data:
+            return {**data, "checkpoint": None}
+        return data
+
+    @model_validator(mode="after")
+    def _path_matches_kind(self) -> ModelConfig:
+        if self.kind == "amused" and not self.path:
+            raise ValueError("kind amused needs path: the local aMUSEd folder")
+        if self.kind != "amused" and self.path is not None:
+            raise ValueError(f"path is only for kind amused, not {self.kind}")
+        if self.kind == "amused" and (self.checkpoint or "").startswith("builtin:"):
+            raise ValueError(f"checkpoint {self.checkpoint} is a TinyMDM checkpoint, not aMUSEd weights")
+        return self
 
 
 class SamplerConfig(Section):
@@ -56,14 +78,29 @@ class SamplerConfig(Section):
 class RewardConfig(Section):
     """One reward term; several are normalised within the group one by one, weighted, then summed."""
 
-    kind: Literal["shapes"] = "shapes"
-    # Which of the detector's scores is this term: GenEval's strict correctness or partial credit.
+    kind: Literal["shapes", "clip", "hps"] = "shapes"
+    # shapes: which of the detector's scores is this term: GenEval's strict correctness or partial credit.
     head: Literal["strict", "partial"] = "strict"
     weight: float = Field(1.0, gt=0)
+    # clip: a local transformers CLIP folder (model + processor); hps: the HPSv2 / HPSv2.1 checkpoint file.
+    # Checked when the reward is built, on the machine that scores.
+    path: str | None = None
+    arch: str = "ViT-H-14"  # hps: the open_clip architecture the checkpoint belongs to
+
+    @model_validator(mode="after")
+    def _path_matches_kind(self) -> RewardConfig:
+        if self.kind != "shapes" and not self.path:
+            raise ValueError(f"kind {self.kind} needs path: its local model")
+        if self.kind == "shapes" and self.path is not None:
+            raise ValueError("path is not used by kind shapes")
+        return self
 
     @property
     def name(self) -> str:
-        return f"{self.kind}_{self.head}"
+        """Unique per term: two CLIP-family terms (say CLIPScore and PickScore) differ by their model."""
+        if self.kind == "shapes":
+            return f"{self.kind}_{self.head}"
+        return f"{self.kind}_{Path(self.path).stem}"
 
 
 KnobName = Literal["remask_ratio", "temperature", "remask_temperature", "guidance"]
@@ -161,7 +198,7 @@ class PretrainConfig(Section):
 class ClusterConfig(Section):
     """The Ray runtime: where actors run and how weights travel. Resources are checked before anything starts."""
 
-    # null: start an embedded local cluster; "auto" or "HOST:PORT": attach to a running one.
+    # null: the Ray job's cluster (RAY_ADDRESS) if any, else an embedded local one; "auto" or "HOST:PORT": attach.
     address: str | None = None
     node_ip: str = "127.0.0.2"  # embedded cluster: Ray rewrites 127.0.0.1 to the network address, not 127.0.0.2
     num_cpus: int = Field(2, ge=1)  # embedded cluster size
@@ -178,11 +215,11 @@ class ClusterConfig(Section):
     rollout_resources: dict[str, float] = {}
     learner_resources: dict[str, float] = {}
     zero_stage: int = Field(1, ge=0, le=3)
-    weight_sync: Literal["object_store"] = "object_store"
+    # collective: bucketed broadcast over a group of learner rank 0 + rollout workers (gloo/NCCL);
+    # object_store: numpy arrays through Ray's object store (the fallback)
+    weight_sync: Literal["collective", "object_store"] = "collective"
     max_staleness: int = Field(0, ge=0, le=1)
     timeout_s: float = Field(600.0, gt=0)
-    master_addr: str = "127.0.0.1"
-    master_port: int = Field(29611, ge=1024, le=65535)
 
 
 class Config(Section):

@@ -10,8 +10,17 @@ from cogrpo.rewards.shapes import ShapesReward
 
 
 def build_reward(config: RewardConfig) -> Reward:
+    """Model-based rewards import their libraries (optional, slow to import) only when configured."""
     if config.kind == "shapes":
         return ShapesReward(config.head, name=config.name)
+    if config.kind == "clip":
+        from cogrpo.rewards.clip import ClipReward
+
+        return ClipReward(config.path, name=config.name)
+    if config.kind == "hps":
+        from cogrpo.rewards.hps import HpsReward
+
+        return HpsReward(config.path, config.arch, name=config.name)
     raise ValueError(f"unknown reward kind {config.kind!r}")
 
 

@@ -9,7 +9,8 @@ ray = pytest.importorskip("ray")
 pytest.importorskip("deepspeed")
 
 from cogrpo.cluster.local import LocalTrainer  # noqa: E402
-from cogrpo.cluster.ray_runtime import RayTrainer, named_weights  # noqa: E402
+from cogrpo.cluster.ray_runtime import RayTrainer  # noqa: E402
+from cogrpo.cluster.weight_sync import named_state, to_numpy  # noqa: E402
 from cogrpo.proto.errors import InputError  # noqa: E402
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -25,7 +26,7 @@ def local_ray():
 
 
 def test_distributed_run_matches_the_single_process_trainer(tmp_path, tiny, local_ray):
-    config = tiny(*RAY, "algo.update=joint", "cluster.master_port=29631", "cluster.rollout_workers=2",
+    config = tiny(*RAY, "algo.update=joint", "cluster.rollout_workers=2",
                   "cluster.rollout_cpus=0.5", "cluster.learner_cpus=0.5")
     local = LocalTrainer(config, str(tmp_path / "local"), log=lambda line: None)
     local.train()
@@ -38,7 +39,7 @@ def test_distributed_run_matches_the_single_process_trainer(tmp_path, tiny, loca
             assert a[key] == pytest.approx(b[key], abs=1e-5), key
     assert dist.run.metrics[-1]["weight_version"] == 2
     published = ray.get(dist.rollouts[1].weights.remote())
-    mine = named_weights(local.model, local.policy)
+    mine = to_numpy(named_state(local.model, local.policy))
     for name, value in mine.items():
         np.testing.assert_allclose(published[name], value, atol=1e-5, err_msg=name)
 
@@ -49,16 +50,20 @@ def test_a_request_the_cluster_cannot_satisfy_fails_at_once(tmp_path, tiny, loca
         RayTrainer(config, str(tmp_path / "run"), log=lambda line: None)
 
 
-@pytest.mark.parametrize("stage", [2, 3])
-def test_zero_stages_with_two_learner_ranks_update_and_sync(tmp_path, tiny, local_ray, stage):
-    config = tiny(*RAY, "train.iterations=1", f"cluster.zero_stage={stage}",
-                  "cluster.learner_ranks=2", "cluster.learner_cpus=0.5", "cluster.rollout_cpus=0.5",
-                  f"cluster.master_port={29640 + stage}", "algo.update=joint")
+@pytest.mark.parametrize("stage, transport", [(2, "object_store"), (3, "collective")])
+def test_zero_stages_with_two_learner_ranks_update_and_sync(tmp_path, tiny, local_ray, stage, transport):
+    config = tiny(*RAY, "train.iterations=1", f"cluster.zero_stage={stage}", f"cluster.weight_sync={transport}",
+                  "cluster.learner_ranks=2", "cluster.learner_cpus=0.5", "cluster.rollout_cpus=0.5", "algo.update=joint")
     trainer = RayTrainer(config, str(tmp_path / f"zero{stage}"), log=lambda line: None)
     trainer.train()
     row = trainer.run.metrics[0]
     assert row["train_theta"] and np.isfinite(row["loss_theta"]) and row["weight_version"] == 1
     assert (tmp_path / f"zero{stage}" / "checkpoints" / "iter_000001" / "model.safetensors").is_file()
+    learned = ray.get([w.weights.remote() for w in trainer.learners])[0]
+    received = ray.get(trainer.rollouts[0].weights.remote())
+    assert received["model.head.weight"].shape == learned["model.head.weight"].shape  # full, not a ZeRO-3 shard
+    for name in learned:
+        np.testing.assert_array_equal(received[name], learned[name], err_msg=name)
 
 
 def test_two_nodes_rollout_and_learner_apart_with_weights_synced(tmp_path, tiny):
@@ -72,15 +77,14 @@ def test_two_nodes_rollout_and_learner_apart_with_weights_synced(tmp_path, tiny)
     try:
         config = tiny(*RAY, "train.iterations=1", f"cluster.address={cluster.address}",
                       "cluster.rollout_resources={rollout_node: 0.01}", "cluster.learner_resources={learner_node: 0.01}",
-                      "cluster.rollout_cpus=0.5", "cluster.learner_cpus=0.5", "cluster.master_port=29651")
+                      "cluster.rollout_cpus=0.5", "cluster.learner_cpus=0.5")
         trainer = RayTrainer(config, str(tmp_path / "run"), log=lambda line: None)
         rollout_node = ray.get(trainer.rollouts[0].ready.remote())
         learner_node = ray.get(trainer.learners[0].ready.remote())
         nodes = {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes()}
         assert nodes[rollout_node] == "127.0.0.3" and nodes[learner_node] == "127.0.0.2"
         trainer.train()
-        holder = ray.get(trainer.learners[0].publish.remote())
-        published = ray.get(holder[0])
+        published = ray.get(trainer.learners[0].weights.remote())
         received = ray.get(trainer.rollouts[0].weights.remote())
         assert published.keys() == received.keys()
         for name in published:

@@ -1,0 +1,82 @@
+"""The collective weight-sync transport without Ray: two threads, a real gloo group on loopback."""
+
+import threading
+
+import pytest
+import torch
+
+from cogrpo.cluster.weight_sync import BroadcastGroup, WeightSyncError, buckets
+
+
+def _state(seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {"model.a": torch.randn(300, generator=g), "model.b": torch.randn(20, 10, generator=g),
+            "model.steps": torch.randint(0, 9, (5,), generator=g), "policy.w": torch.randn(7, generator=g)}
+
+
+def _pair(timeout_s: float = 20.0, bucket_bytes: int = 1024) -> tuple[BroadcastGroup, BroadcastGroup]:
+    store = BroadcastGroup.host_store("127.0.0.1", timeout_s)
+    groups: dict[int, BroadcastGroup] = {}
+
+    def join(rank: int) -> None:
+        s = store if rank == 0 else BroadcastGroup.connect_store("127.0.0.1", store.port, timeout_s)
+        groups[rank] = BroadcastGroup(s, rank, 2, "127.0.0.1", timeout_s, bucket_bytes)
+
+    threads = [threading.Thread(target=join, args=(r,)) for r in (0, 1)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    return groups[0], groups[1]
+
+
+def test_buckets_respect_dtype_and_size_and_cover_every_tensor_once():
+    state = _state(0)
+    grouped = buckets(state, bucket_bytes=1024)
+    assert sorted(n for b in grouped for n in b) == sorted(state)
+    for bucket in grouped:
+        assert len({state[n].dtype for n in bucket}) == 1
+        assert len(bucket) == 1 or sum(state[n].numel() * state[n].element_size() for n in bucket) <= 1024
+
+
+def test_broadcast_delivers_every_value_and_the_version_in_place():
+    sender, receiver = _pair()
+    sent, inbox = _state(1), _state(2)
+    live = inbox["model.b"]
+    result = {}
+    t = threading.Thread(target=lambda: result.update(version=receiver.receive(inbox)))
+    t.start()
+    sender.send(7, sent)
+    t.join()
+    assert result["version"] == 7
+    for name in sent:
+        assert torch.equal(inbox[name], sent[name]), name
+    assert inbox["model.b"] is live  # filled in place: a rollout worker's state_dict views update its model
+
+
+@pytest.mark.parametrize("change", ["size", "shape"])
+def test_an_architecture_mismatch_is_named(change):
+    sender, receiver = _pair()
+    inbox = _state(2)
+    if change == "size":
+        inbox["model.a"] = torch.zeros(299)
+    else:
+        inbox["model.b"] = torch.zeros(10, 20)  # same number of values, another layout
+    errors = []
+
+    def receive():
+        try:
+            receiver.receive(inbox)
+        except WeightSyncError as exc:
+            errors.append(str(exc))
+
+    t = threading.Thread(target=receive)
+    t.start()
+    with pytest.raises(WeightSyncError, match="a rollout worker's tensors do not match the learner's"):
+        sender.send(1, _state(1))
+    t.join()
+    assert errors and "do not match this worker's" in errors[0] and "different architectures" in errors[0]
+
+
+def test_a_silent_sender_ends_in_a_clear_timeout():
+    _, receiver = _pair(timeout_s=2.0)
+    with pytest.raises(WeightSyncError, match="weight sync failed while receiving the header .*timeout 2 s"):
+        receiver.receive(_state(2))

@@ -1,0 +1,15 @@
+import random
+
+import numpy as np
+import pytest
+
+from cogrpo.data.prompts import TASKS, sample_records
+from cogrpo.data.world import render, to_rgb
+
+
+@pytest.fixture(scope="module")
+def scenes():
+    """Real images with their prompts: shapes-world renders (16x16 RGB), one per GenEval-style record."""
+    rng = random.Random(0)
+    records = sample_records(rng, 6, tasks=TASKS)
+    return to_rgb(np.stack([render(r, rng) for r in records])), [r["prompt"] for r in records]
