@@ -36,3 +36,90 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_parts(clip_tokenizer):
+    """A factory of the components aMUSEd and Meissonic share, tiny and random, under their folder names: a VQ-GAN
+    with `vq_levels` resolution levels (2^(levels-1) pixels per code), a CLIP text tower (width 32, projection 16)
+    and a scheduler that holds the mask id."""
+    from diffusers import AmusedScheduler, VQModel
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    def build(codebook: int, mask_token: int, vq_levels: int = 2) -> dict:
+        torch.manual_seed(0)
+        text_encoder = CLIPTextModelWithProjection(CLIPTextConfig(
+            vocab_size=len(clip_tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=4, max_position_embeddings=clip_tokenizer.model_max_length, projection_dim=16,
+            bos_token_id=clip_tokenizer.bos_token_id, eos_token_id=clip_tokenizer.eos_token_id,
+            pad_token_id=clip_tokenizer.pad_token_id))
+        vqvae = VQModel(
+            block_out_channels=(8,) * vq_levels, down_block_types=("DownEncoderBlock2D",) * vq_levels,
+            up_block_types=("UpDecoderBlock2D",) * vq_levels, latent_channels=4, num_vq_embeddings=codebook,
+            vq_embed_dim=4, norm_num_groups=4, lookup_from_codebook=True)
+        return {"vqvae": vqvae, "text_encoder": text_encoder, "tokenizer": clip_tokenizer,
+                "scheduler": AmusedScheduler(mask_token_id=mask_token)}
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def tiny_amused(tmp_path_factory, tiny_pipeline_parts):
+    """A factory of tiny random-weight aMUSEd folders of the real architecture, saved in AmusedPipeline's layout:
+    `sample_size` codes per side, images of sample_size * 2^(vq_levels-1) pixels."""
+    from diffusers import AmusedPipeline, UVit2DModel
+
+    def build(codebook: int = 32, mask_token: int = 39, sample_size: int = 4, vq_levels: int = 2):
+        parts = tiny_pipeline_parts(codebook, mask_token, vq_levels)
+        transformer = UVit2DModel(
+            hidden_size=32, cond_embed_dim=16, micro_cond_encode_dim=4, micro_cond_embed_dim=5 * 4,
+            encoder_hidden_size=32, vocab_size=mask_token + 1, codebook_size=codebook, in_channels=16,
+            block_out_channels=32, num_res_blocks=1, block_num_heads=2, num_hidden_layers=1, num_attention_heads=2,
+            intermediate_size=64, sample_size=sample_size)
+        path = tmp_path_factory.mktemp("tiny_amused")
+        AmusedPipeline(transformer=transformer, **parts).save_pretrained(path)
+        return path
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_folder(tmp_path_factory, clip_tokenizer):
+    """A tiny random-weight CLIP (model + processor) saved the way transformers saves a real one."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    torch.manual_seed(0)
+    text = dict(vocab_size=len(clip_tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=4, max_position_embeddings=clip_tokenizer.model_max_length,
+                bos_token_id=clip_tokenizer.bos_token_id, eos_token_id=clip_tokenizer.eos_token_id,
+                pad_token_id=clip_tokenizer.pad_token_id)
+    vision = dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4)
+    path = tmp_path_factory.mktemp("tiny_clip")
+    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(path)
+    processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    CLIPProcessor(image_processor=processor, tokenizer=clip_tokenizer).save_pretrained(path)
+    return path
+
+
+TINY_HPS_ARCH = "cogrpo-tiny-hps-ViT"
+
+
+@pytest.fixture(scope="session")
+def tiny_hps(tmp_path_factory):
+    """(open_clip architecture, the model as HPS training left it, its checkpoint file): a tiny architecture
+    registered with open_clip from a config file here, random weights saved as {"state_dict": ...}."""
+    import json
+
+    import open_clip
+
+    tiny = {"embed_dim": 16,
+            "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
+            "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+    root = tmp_path_factory.mktemp("tiny_hps")
+    (root / f"{TINY_HPS_ARCH}.json").write_text(json.dumps(tiny))
+    open_clip.add_model_config(root / f"{TINY_HPS_ARCH}.json")
+    torch.manual_seed(0)
+    model = open_clip.create_model(TINY_HPS_ARCH, pretrained=None).eval()
+    torch.save({"state_dict": model.state_dict(), "epoch": 1}, root / "HPS_tiny.pt")
+    return TINY_HPS_ARCH, model, root / "HPS_tiny.pt"

@@ -22,7 +22,7 @@ import ray
 import torch
 
 from cogrpo.cluster.plots import learned_schedule
-from cogrpo.cluster.trainer import Trainer, schedule_for
+from cogrpo.cluster.trainer import Trainer, read_prompt_sets, schedule_for
 from cogrpo.cluster.weight_sync import BroadcastGroup, load_named_state, named_state, to_numpy
 from cogrpo.learner.checkpoint import save_checkpoint
 from cogrpo.learner.cogrpo import Learner, ScoredBatch, TorchStep, make_phi_step, theta_optimizer
@@ -37,6 +37,29 @@ from cogrpo.rollout.evaluate import evaluate
 from cogrpo.rollout.sampler import generate
 from cogrpo.rollout.schedule import hand_knobs
 from cogrpo.rollout.steps import StepPlan
+
+
+def reports_input_errors(cls: type) -> type:
+    """`cls` as an actor whose constructor's InputError (a missing checkpoint, say) is raised again by `ready()`:
+    Ray reports a failed constructor only as ActorDiedError text, while a method's exception reaches the driver
+    as itself, for `RayTrainer._get` to show as one line."""
+
+    class Checked(cls):
+        def __init__(self, *args, **kwargs):
+            self.input_error = None
+            try:
+                super().__init__(*args, **kwargs)
+            except InputError as exc:
+                self.input_error = exc
+
+        def ready(self) -> str:
+            if self.input_error is not None:
+                raise self.input_error
+            return super().ready()
+
+    Checked.__name__ = Checked.__qualname__ = cls.__name__
+    return Checked
+
 
 class Actor:
     def ready(self) -> str:
@@ -185,12 +208,17 @@ class LearnerWorker(Actor):
                 "staleness": float(np.mean(self.version - 1 - sample_version))}
 
     def _full_state(self) -> dict[str, torch.Tensor] | None:
-        """The full model state on rank 0 (a ZeRO-3 gather is a collective: every rank calls this)."""
+        """The full model state on rank 0 (a ZeRO-3 gather is a collective: every rank calls this). Below ZeRO-3
+        the live tensors are returned uncopied: actor calls run one at a time, so nothing updates them meanwhile."""
         import deepspeed
 
         params = list(self.engine.module.parameters())
-        with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=self.config.cluster.zero_stage == 3):
-            return {k: v.detach().clone() for k, v in self.engine.module.state_dict().items()} if self.rank == 0 else None
+        gather = self.config.cluster.zero_stage == 3
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=gather):
+            if self.rank != 0:
+                return None
+            state = self.engine.module.state_dict()
+            return {k: v.detach().clone() if gather else v.detach() for k, v in state.items()}
 
     def weights(self) -> dict[str, np.ndarray] | None:
         """Rank 0's full message as numpy (for checks; every rank calls it, as for publish)."""
@@ -226,11 +254,11 @@ def _check_resources(config: Config) -> None:
     """Fail at once with a clear message when the cluster cannot hold the requested actors (never hang pending)."""
     c = config.cluster
     need = {"CPU": c.rollout_workers * c.rollout_cpus + c.reward_workers * c.reward_cpus + c.learner_ranks * c.learner_cpus,
-            "GPU": c.rollout_workers * c.rollout_gpus + c.learner_ranks * c.learner_gpus}
-    for name, amount in c.rollout_resources.items():
-        need[name] = need.get(name, 0) + amount * c.rollout_workers
-    for name, amount in c.learner_resources.items():
-        need[name] = need.get(name, 0) + amount * c.learner_ranks
+            "GPU": c.rollout_workers * c.rollout_gpus + c.reward_workers * c.reward_gpus + c.learner_ranks * c.learner_gpus}
+    for pool, count in ((c.rollout_resources, c.rollout_workers), (c.reward_resources, c.reward_workers),
+                        (c.learner_resources, c.learner_ranks)):
+        for name, amount in pool.items():
+            need[name] = need.get(name, 0) + amount * count
     have = ray.cluster_resources()
     for name, amount in need.items():
         if amount > have.get(name, 0) + 1e-9:
@@ -249,22 +277,25 @@ def connect(config: Config) -> None:
     address = c.address or os.environ.get("RAY_ADDRESS")
     if address is None:
         ray.init(num_cpus=c.num_cpus, include_dashboard=False, _node_ip_address=c.node_ip,
-                 object_store_memory=c.object_store_mb * 2**20, log_to_driver=False)
+                 object_store_memory=c.object_store_mb * 2**20, log_to_driver=False, logging_level="WARNING")
     else:
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, log_to_driver=False, logging_level="WARNING")
     os.chdir(cwd)
 
 
 class RayTrainer(Trainer):
     def __init__(self, config: Config, run_dir: str | None = None, log: Callable[[str], None] = print):
+        read_prompt_sets(config)  # a bad prompt file fails before the cluster starts
         connect(config)
         _check_resources(config)
         c = config.cluster
-        rollout = ray.remote(RolloutWorker).options(num_cpus=c.rollout_cpus, num_gpus=c.rollout_gpus,
-                                                    resources=dict(c.rollout_resources))
-        reward = ray.remote(RewardWorker).options(num_cpus=c.reward_cpus)
-        learner = ray.remote(LearnerWorker).options(num_cpus=c.learner_cpus, num_gpus=c.learner_gpus,
-                                                    resources=dict(c.learner_resources))
+        rollout = ray.remote(reports_input_errors(RolloutWorker)).options(
+            num_cpus=c.rollout_cpus, num_gpus=c.rollout_gpus, resources=dict(c.rollout_resources))
+        reward = ray.remote(reports_input_errors(RewardWorker)).options(
+            num_cpus=c.reward_cpus, num_gpus=c.reward_gpus, resources=dict(c.reward_resources),
+            runtime_env=c.reward_runtime_env or None)
+        learner = ray.remote(reports_input_errors(LearnerWorker)).options(
+            num_cpus=c.learner_cpus, num_gpus=c.learner_gpus, resources=dict(c.learner_resources))
         self.rollouts = [rollout.remote(config) for _ in range(c.rollout_workers)]
         self.rewards = [reward.remote(config) for _ in range(c.reward_workers)]
         self.learners = [learner.remote(config, rank, c.learner_ranks) for rank in range(c.learner_ranks)]
@@ -283,7 +314,12 @@ class RayTrainer(Trainer):
         self.sync_weights()  # version 0: rollout workers start from the learner's weights, whatever they loaded
 
     def _get(self, refs):
-        return ray.get(refs, timeout=self.timeout)
+        try:
+            return ray.get(refs, timeout=self.timeout)
+        except ray.exceptions.RayTaskError as exc:
+            if isinstance(exc.cause, InputError):  # bad input an actor found: one line, as in one process
+                raise exc.cause from None
+            raise
 
     def _launch(self, iteration: int, records: list[dict], plan: StepPlan) -> tuple[list, list]:
         config, algo = self.config, self.config.algo
@@ -341,3 +377,9 @@ class RayTrainer(Trainer):
 
     def checkpoint(self, iteration: int) -> None:
         self._get([w.save_checkpoint.remote(str(self.run.path), iteration) for w in self.learners])
+
+    def shutdown(self) -> None:
+        """End this run's actors (the Ray session stays up for the next run in this process)."""
+        for actor in self.rollouts + self.rewards + self.learners:
+            ray.kill(actor)
+        self.metrics.close()

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from cogrpo.cluster.metrics import MetricsSink
 from cogrpo.cluster.plots import plot_rewards, plot_schedule
 from cogrpo.cluster.run_dir import RunDir
 from cogrpo.data.geneval import read_metadata, resolve_metadata_path
@@ -32,13 +33,34 @@ def schedule_for(config: Config, policy: SchedulePolicy, steps: int, sample_acti
     return PolicySchedule(policy, hand_knobs(config.sampler, steps), sample_actions)
 
 
+def reward_stats(config: Config, terms) -> dict:
+    """`reward/<name>` and `reward_std/<name>`: each term's mean and spread over its valid samples (NaN if none)."""
+    row = {}
+    for reward, (scores, valid, _) in zip(config.rewards, terms):
+        values = scores[valid]
+        row[f"reward/{reward.name}"] = float(np.mean(values)) if len(values) else float("nan")
+        row[f"reward_std/{reward.name}"] = float(np.std(values)) if len(values) else float("nan")
+    return row
+
+
+def read_prompt_sets(config: Config) -> tuple[list[dict] | None, dict[str, list[dict]]]:
+    """The RL prompt pool (None: the generated train split) and the evaluation sets, validated. A runtime with
+    something slow to start (a Ray cluster) calls this first, so a bad file fails at once."""
+    pool = read_metadata(resolve_metadata_path(config.train.prompts)) if config.train.prompts else None
+    return pool, {name: read_metadata(resolve_metadata_path(path)) for name, path in config.train.eval_metadata.items()}
+
+
 class Trainer(ABC):
     def __init__(self, config: Config, run_dir: str | None = None, log: Callable[[str], None] = print):
         self.config, self.log = config, log
-        self.pool = read_metadata(resolve_metadata_path(config.train.prompts)) if config.train.prompts else None
-        self.eval_sets = {name: read_metadata(resolve_metadata_path(path))
-                          for name, path in config.train.eval_metadata.items()}
-        self.run = RunDir.create(config, run_dir)
+        self.pool, self.eval_sets = read_prompt_sets(config)
+        # before the run directory, and closed if that is refused: a port in use leaves nothing behind
+        self.metrics = MetricsSink(config.metrics, ray_export=config.runtime == "ray")
+        try:
+            self.run = RunDir.create(config, run_dir)
+        except BaseException:
+            self.metrics.close()
+            raise
 
     # ---- what a runtime provides ----
     @abstractmethod
@@ -76,14 +98,13 @@ class Trainer(ABC):
         adv, usable = group_advantages(terms, groups, algo.adv_eps, algo.adv_clip)
         update_start = time.time()
         metrics = self.update(iteration, handle, adv, usable, plan)
-        names = [f"reward/{r.name}" for r in config.rewards]
-        row = {"iteration": iteration + 1,
-               **{name: float(np.mean(s[v])) if v.any() else float("nan") for name, (s, v, _) in zip(names, terms)},
+        row = {"iteration": iteration + 1, **reward_stats(config, terms),
                "adv_std": float(adv[usable].std()) if usable.any() else 0.0,
                "rollout_s": round(rollout_s, 3), "update_s": round(time.time() - update_start, 3),
                "iteration_s": round(time.time() - start, 3), "images": len(groups),
                "images_per_s": round(len(groups) / rollout_s, 2), **metrics, **self.runtime_metrics()}
         self.run.log_metrics(row)
+        self.metrics.record(row)
         return row
 
     def evaluate(self, iteration: int) -> list[dict]:
@@ -100,8 +121,10 @@ class Trainer(ABC):
                     self._sample_grid(iteration, records[:16], images[:16, 0])
         steps = config.sampler.steps
         prompts = [r["prompt"] for r in self.eval_sets[first][:64]]
-        plot_schedule(self.learned_schedule(steps, prompts), hand_knobs(config.sampler, steps),
-                      self.run.path / "schedule.png", f"{config.algo.mode} at iteration {iteration}")
+        learned = self.learned_schedule(steps, prompts)
+        self.metrics.record_schedule(learned)
+        plot_schedule(learned, hand_knobs(config.sampler, steps), self.run.path / "schedule.png",
+                      f"{config.algo.mode} at iteration {iteration}")
         return rows
 
     def _sample_grid(self, iteration: int, records: list[dict], images: np.ndarray) -> None:
@@ -117,6 +140,8 @@ class Trainer(ABC):
         bar = tqdm(total=total, desc=config.algo.mode, unit="it", disable=None, dynamic_ncols=True)
         say = self.log if bar.disable else bar.write
         say(f"run directory: {self.run.path}")
+        if self.metrics.url:
+            say(f"metrics: {self.metrics.url}")
         if config.train.eval_at_start:
             say("iteration 0: " + self._eval_line(self.evaluate(0)))
         evals: list[dict] = []

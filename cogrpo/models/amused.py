@@ -1,5 +1,6 @@
 """aMUSEd (a UViT masked-token model over VQ-GAN codes, conditioned on CLIP text) behind the MaskedTokenModel
-contract, loaded through diffusers from a local folder in the AmusedPipeline layout; nothing is downloaded.
+contract, loaded through diffusers from a local folder in the AmusedPipeline layout; nothing is downloaded. The
+VQ-GAN, text and conditioning parts are shared with Meissonic (`cogrpo/models/meissonic.py`), which inherits them.
 
 Only the UVit2D transformer is a registered submodule: it is the policy the learner trains and the weight channel
 ships. The CLIP text encoder and the VQ-GAN are frozen tools held outside the module tree, so `parameters()` and
@@ -10,8 +11,8 @@ other tensor: [CLIP penultimate hidden states (L x D) | pooled projected text em
 (5: width, height, crop top, crop left, aesthetic score, in AmusedPipeline's order and with its defaults)].
 
 Where our conventions differ from aMUSEd's own:
-- mask id: ours is `codebook_size`; aMUSEd's mask token is the scheduler's `mask_token_id` (8255 for the released
-  checkpoints, whose codebook has 8192 codes). `forward` maps ours to theirs.
+- mask id: ours is `codebook_size`; aMUSEd's mask token (`native_mask_id`) is the scheduler's `mask_token_id` (8255
+  for the released checkpoints, whose codebook has 8192 codes). `forward` maps ours to theirs.
 - guidance: the sampler's w in cond + w (cond - uncond) is AmusedPipeline's guidance_scale - 1
   (uncond + s (cond - uncond)); aMUSEd's default s = 10 is w = 9, and s <= 1 (no guidance) is w = 0.
 - re-mask temperature: AmusedPipeline anneals it linearly from temperature[0] to temperature[1] over the steps;
@@ -21,6 +22,7 @@ Where our conventions differ from aMUSEd's own:
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +39,11 @@ AESTHETIC_SCORE = 6.0  # AmusedPipeline's default micro-conditioning
 CROP = (0.0, 0.0)
 
 
+def vq_scale(vq: VQModel) -> int:
+    """Pixels per code along each side: the VQ-GAN halves the resolution between its levels."""
+    return 2 ** (len(vq.config.block_out_channels) - 1)
+
+
 class VQTokenizer(ImageTokenizer):
     """aMUSEd's VQ-GAN: RGB in [0, 1] <-> codebook indices on the latent grid (AmusedPipeline does not normalise)."""
 
@@ -46,7 +53,7 @@ class VQTokenizer(ImageTokenizer):
         self.vq = vq.eval().requires_grad_(False)
         self.codebook_size = vq.config.num_vq_embeddings
         self.grid = grid
-        self.scale = 2 ** (len(vq.config.block_out_channels) - 1)
+        self.scale = vq_scale(vq)
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -87,22 +94,23 @@ class ClipText:
         return out.hidden_states[-2], out.text_embeds
 
 
-class AmusedModel(MaskedTokenModel):
-    kind = "amused"
+class VQTextModel(MaskedTokenModel):
+    """A transformer over VQ-GAN codes conditioned on CLIP text: what aMUSEd and Meissonic share. Subclasses say
+    how their transformer is called (`transformer_logits`)."""
 
-    def __init__(self, transformer: UVit2DModel, vq: VQModel, text: ClipText, mask_token_id: int):
+    def __init__(self, transformer: torch.nn.Module, vq: VQModel, text: ClipText, grid: tuple[int, int],
+                 mask_token_id: int, text_width: int):
         super().__init__()
-        size = transformer.config.sample_size
-        self.tokenizer = VQTokenizer(vq, (size, size))
+        self.tokenizer = VQTokenizer(vq, grid)
         if transformer.config.codebook_size != self.tokenizer.codebook_size:
             raise InputError(f"the transformer predicts {transformer.config.codebook_size} codes, the vqvae has "
                              f"{self.tokenizer.codebook_size}")
-        if text.hidden_size != transformer.config.encoder_hidden_size:
-            raise InputError(f"the text encoder's width {text.hidden_size} is not the transformer's "
-                             f"encoder_hidden_size {transformer.config.encoder_hidden_size}")
+        if text.hidden_size != text_width:
+            raise InputError(f"the text encoder's width {text.hidden_size} is not the {text_width} the transformer "
+                             "reads")
         self.transformer = transformer
         self.text = text
-        self.amused_mask_id = mask_token_id
+        self.native_mask_id = mask_token_id
         height, width = self.tokenizer.image_size
         self.micro_conds = torch.tensor([width, height, *CROP, AESTHETIC_SCORE])
         self._null = self.encode_prompts([""])
@@ -119,7 +127,7 @@ class AmusedModel(MaskedTokenModel):
         return hidden.view(-1, text.length, text.hidden_size), pooled, micro
 
     def null_conditioning(self, batch: int) -> torch.Tensor:
-        """The empty prompt, as AmusedPipeline's unconditional branch."""
+        """The empty prompt, as the pipelines' unconditional branch."""
         return self._null.expand(batch, -1)
 
     @property
@@ -130,29 +138,58 @@ class AmusedModel(MaskedTokenModel):
         """The pooled CLIP embedding, copied out of `cond` (a view would carry all of cond when pickled)."""
         return self.unpack(cond)[1].detach().clone()
 
+    @abstractmethod
+    def transformer_logits(self, ids: torch.Tensor, hidden: torch.Tensor, pooled: torch.Tensor,
+                           micro: torch.Tensor) -> torch.Tensor:
+        """ids (B, h, w) with the native mask id -> logits (B, codebook, h, w)."""
+
     def forward(self, tokens: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """Conditioning is cast to the transformer's dtype (bf16 under DeepSpeed on GPUs) and logits come back in
+        float32, so log-probs and ratios are computed in full precision whatever the transformer runs in."""
         b = tokens.shape[0]
-        hidden, pooled, micro = self.unpack(cond)
-        ids = tokens.masked_fill(tokens == self.mask_id, self.amused_mask_id).view(b, *self.grid)
-        logits = self.transformer(ids, encoder_hidden_states=hidden, pooled_text_emb=pooled, micro_conds=micro)
-        return logits.permute(0, 2, 3, 1).reshape(b, self.num_tokens, -1)
+        hidden, pooled, micro = (part.to(self.transformer.dtype) for part in self.unpack(cond))
+        ids = tokens.masked_fill(tokens == self.mask_id, self.native_mask_id).view(b, *self.grid)
+        logits = self.transformer_logits(ids, hidden, pooled, micro)
+        return logits.permute(0, 2, 3, 1).reshape(b, self.num_tokens, -1).float()
 
 
-def load_amused(path: str | Path) -> AmusedModel:
-    """Every component from the local folder (the layout `AmusedPipeline.save_pretrained` writes); never the hub."""
-    root = Path(path)
+class AmusedModel(VQTextModel):
+    kind = "amused"
+
+    def __init__(self, transformer: UVit2DModel, vq: VQModel, text: ClipText, mask_token_id: int):
+        size = transformer.config.sample_size
+        super().__init__(transformer, vq, text, (size, size), mask_token_id, transformer.config.encoder_hidden_size)
+
+    def transformer_logits(self, ids, hidden, pooled, micro):
+        return self.transformer(ids, encoder_hidden_states=hidden, pooled_text_emb=pooled, micro_conds=micro)
+
+
+def load_shared_components(root: str | Path, kind: str) -> tuple[Path, VQModel, ClipText, int]:
+    """(folder, VQ-GAN, CLIP text tower, native mask id) from a local folder in the diffusers pipeline layout that
+    aMUSEd and Meissonic share; never the hub. The transformer, which differs, is the caller's."""
+    root = Path(root)
     if not root.is_dir():
-        raise InputError(f"aMUSEd folder not found: {root}")
+        raise InputError(f"{kind} folder not found: {root}")
     missing = [name for name in COMPONENTS if not (root / name).is_dir()]
     if missing:
-        raise InputError(f"aMUSEd folder {root} has no {missing[0]}/ (expected the diffusers AmusedPipeline layout)")
+        raise InputError(f"{kind} folder {root} has no {missing[0]}/ (expected the diffusers pipeline layout)")
     local = {"local_files_only": True}
     try:
-        transformer = UVit2DModel.from_pretrained(root / "transformer", **local)
         vq = VQModel.from_pretrained(root / "vqvae", **local)
         encoder = CLIPTextModelWithProjection.from_pretrained(root / "text_encoder", **local)
         tokenizer = CLIPTokenizer.from_pretrained(root / "tokenizer", **local)
-        scheduler = AmusedScheduler.from_pretrained(root / "scheduler", **local)
+        # only the mask id is read: Meissonic's scheduler class is its own, with aMUSEd's config
+        mask_token_id = AmusedScheduler.load_config(root / "scheduler", **local)["mask_token_id"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise InputError(f"cannot load {kind} from {root}: {str(exc).splitlines()[0]}") from None
+    return root, vq, ClipText(encoder, tokenizer), mask_token_id
+
+
+def load_amused(path: str | Path) -> AmusedModel:
+    """Every component from the local folder (the layout `AmusedPipeline.save_pretrained` writes)."""
+    root, vq, text, mask_token_id = load_shared_components(path, "aMUSEd")
+    try:
+        transformer = UVit2DModel.from_pretrained(root / "transformer", local_files_only=True)
     except (OSError, ValueError) as exc:
         raise InputError(f"cannot load aMUSEd from {root}: {str(exc).splitlines()[0]}") from None
-    return AmusedModel(transformer, vq, ClipText(encoder, tokenizer), scheduler.config.mask_token_id)
+    return AmusedModel(transformer, vq, text, mask_token_id)

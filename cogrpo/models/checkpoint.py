@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import tempfile
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from cogrpo.models.interface import MaskedTokenModel
 from cogrpo.models.tiny_mdm import TinyMDM
-from cogrpo.proto.config import ModelConfig, TinyMDMArch
+from cogrpo.proto.config import FOLDER_MODELS, ModelConfig, TinyMDMArch
 from cogrpo.proto.errors import InputError
 
 BUILTIN_DIR = Path(__file__).parent / "weights"
@@ -64,6 +65,21 @@ def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, s
     return tensors, metadata
 
 
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Released reward weights: a torch file holding a state dict (or {"state_dict": ...}), read with weights_only
+    so no pickled code runs; or a safetensors file."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return load_tensors(path)[0]
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError) as exc:
+        raise InputError(f"checkpoint {path} is not a readable torch file ({str(exc).splitlines()[0]})") from None
+    if not isinstance(payload, dict):
+        raise InputError(f"checkpoint {path} holds a {type(payload).__name__}, not a state dict")
+    return payload.get("state_dict", payload)
+
+
 def load_state_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
     """Strict load that names the first mismatch instead of dumping a traceback."""
     expected = module.state_dict()
@@ -107,16 +123,25 @@ def load_model(path: str | Path) -> TinyMDM:
     return model
 
 
+def _load_folder_model(config: ModelConfig) -> MaskedTokenModel:
+    """diffusers is optional and slow to import: only folder models import it."""
+    if config.kind == "amused":
+        from cogrpo.models.amused import load_amused
+
+        return load_amused(config.path)
+    from cogrpo.models.meissonic import load_meissonic
+
+    return load_meissonic(config.path, config.resolution, config.trust_folder_code)
+
+
 def build_model(config: ModelConfig) -> MaskedTokenModel:
     """The configured model. TinyMDM: loaded from its checkpoint (whose metadata fixes the architecture), or fresh.
-    aMUSEd: its local folder, then the fine-tuned transformer weights of `checkpoint` if one is named."""
-    if config.kind == "amused":
-        from cogrpo.models.amused import load_amused  # diffusers is optional and slow to import
-
-        model = load_amused(config.path)
+    aMUSEd, Meissonic: their local folder, then the fine-tuned transformer weights of `checkpoint` if one is named."""
+    if config.kind in FOLDER_MODELS:
+        model = _load_folder_model(config)
         if config.checkpoint is not None:
             path = resolve_checkpoint_path(config.checkpoint)
-            load_state_into(model, _read_checkpoint(path, "amused")[0], str(path))
+            load_state_into(model, _read_checkpoint(path, config.kind)[0], str(path))
         return model
     if config.checkpoint is None:
         return TinyMDM(config.arch)

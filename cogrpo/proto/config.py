@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,9 +17,10 @@ from cogrpo.proto.errors import InputError
 
 
 class Section(BaseModel):
-    """Base of every config section: frozen, and unknown keys are errors, not silently ignored."""
+    """Base of every config section: frozen; unknown keys and non-finite numbers (`.inf`, `.nan`) are errors, not
+    silently accepted (an infinite learning rate or timeout validates against every bound but `lt`)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class TinyMDMArch(Section):
@@ -35,32 +37,51 @@ class TinyMDMArch(Section):
         return self
 
 
+FOLDER_MODELS = ("amused", "meissonic")  # backbones loaded from a local folder of pretrained components
+
+
 class ModelConfig(Section):
-    kind: Literal["tiny_mdm", "amused"] = "tiny_mdm"
+    kind: Literal["tiny_mdm", "amused", "meissonic"] = "tiny_mdm"
     # tiny_mdm: a safetensors file, "builtin:tiny_mdm" for the shipped checkpoint, or null for a fresh random model.
-    # amused: null for the folder's own weights, or fine-tuned ones (a safetensors file or a run directory).
+    # amused, meissonic: null for the folder's own weights, or fine-tuned ones (a safetensors file or a run directory).
     checkpoint: str | None = "builtin:tiny_mdm"
     arch: TinyMDMArch = TinyMDMArch()  # tiny_mdm only
-    # amused: a local folder in the diffusers AmusedPipeline layout. Its contents are checked when the model is
-    # built, on the machine that builds it (a driver need not hold the weights its GPU workers load).
+    # amused: a local folder in the diffusers AmusedPipeline layout; meissonic: a local Meissonic snapshot with its
+    # src/transformer.py. Contents are checked when the model is built, on the machine that builds it (a driver
+    # need not hold the weights its GPU workers load).
     path: str | None = None
+    # meissonic: its transformer class is Python code inside the folder, and loading it runs that code; so it is
+    # refused unless this is true.
+    trust_folder_code: bool = False
+    resolution: int | None = Field(None, gt=0)  # meissonic: pixels per side (its transformer has no fixed size)
 
     @model_validator(mode="before")
     @classmethod
-    def _amused_starts_from_its_folder(cls, data: Any) -> Any:
-        """The shipped TinyMDM default means nothing for aMUSEd: its default checkpoint is none."""
-        if isinstance(data, dict) and data.get("kind") == "amused" and "checkpoint" not in data:
-            return {**data, "checkpoint": None}
+    def _folder_models_start_from_their_folder(cls, data: Any) -> Any:
+        """The shipped TinyMDM default means nothing for a folder model: its default checkpoint is none, and
+        Meissonic's resolution is the released 1024."""
+        if isinstance(data, dict) and data.get("kind") in FOLDER_MODELS:
+            data = {"checkpoint": None, **data}
+            if data["kind"] == "meissonic":
+                data = {"resolution": 1024, **data}
         return data
 
     @model_validator(mode="after")
-    def _path_matches_kind(self) -> ModelConfig:
-        if self.kind == "amused" and not self.path:
-            raise ValueError("kind amused needs path: the local aMUSEd folder")
-        if self.kind != "amused" and self.path is not None:
-            raise ValueError(f"path is only for kind amused, not {self.kind}")
-        if self.kind == "amused" and (self.checkpoint or "").startswith("builtin:"):
-            raise ValueError(f"checkpoint {self.checkpoint} is a TinyMDM checkpoint, not aMUSEd weights")
+    def _fields_match_kind(self) -> ModelConfig:
+        folder = self.kind in FOLDER_MODELS
+        if folder and not self.path:
+            raise ValueError(f"kind {self.kind} needs path: the local {self.kind} folder")
+        if not folder and self.path is not None:
+            raise ValueError(f"path is only for kinds {', '.join(FOLDER_MODELS)}, not {self.kind}")
+        if folder and (self.checkpoint or "").startswith("builtin:"):
+            raise ValueError(f"checkpoint {self.checkpoint} is a TinyMDM checkpoint, not {self.kind} weights")
+        if self.kind != "meissonic" and (self.trust_folder_code or self.resolution is not None):
+            raise ValueError("trust_folder_code and resolution are only for kind meissonic")
+        if self.kind == "meissonic" and not self.trust_folder_code:
+            raise ValueError("kind meissonic runs the Python code in its folder (src/transformer.py): set "
+                             "model.trust_folder_code: true if you trust that folder")
+        if self.kind == "meissonic" and self.resolution is None:
+            raise ValueError("kind meissonic needs resolution: pixels per side")
         return self
 
 
@@ -75,24 +96,62 @@ class SamplerConfig(Section):
     batch_size: int = Field(64, ge=1)
 
 
+class VlmJudgeConfig(Section):
+    """A vision-language model behind an OpenAI-compatible chat completions API, asked for a score per image."""
+
+    base_url: str  # up to and including the API version, e.g. http://127.0.0.1:8000/v1
+    model: str
+    # {prompt} is replaced by the image's prompt; the reply's last non-empty line must be the score alone.
+    template: str = ("Rate from 0 to 10 how well this image matches the description: \"{prompt}\". "
+                     "Reply with the score alone on the last line.")
+    score_pattern: str = r"(\d+(?:\.\d+)?)"  # must match that whole line; group 1 is the score
+    min_score: float = 0.0
+    max_score: float = 10.0
+    timeout_s: float = Field(60.0, gt=0)  # per request
+    retries: int = Field(2, ge=0)  # after a timeout, a dropped connection, HTTP 408, 429, 500, 502-504
+    backoff_s: float = Field(1.0, ge=0)  # waits backoff_s * 2^k before retry k + 1
+    max_tokens: int = Field(32, ge=1)
+    concurrency: int = Field(8, ge=1)  # requests in flight per reward worker
+    api_key_env: str | None = None  # the environment variable holding the API key, if the server wants one
+
+    @model_validator(mode="after")
+    def _sane(self) -> VlmJudgeConfig:
+        if "{prompt}" not in self.template:
+            raise ValueError("template must contain {prompt}")
+        try:
+            groups = re.compile(self.score_pattern).groups
+        except re.error as exc:
+            raise ValueError(f"score_pattern is not a regular expression ({exc})") from None
+        if groups < 1:
+            raise ValueError("score_pattern needs a group around the score")
+        if self.min_score >= self.max_score:
+            raise ValueError("min_score must be below max_score")
+        return self
+
+
 class RewardConfig(Section):
     """One reward term; several are normalised within the group one by one, weighted, then summed."""
 
-    kind: Literal["shapes", "clip", "hps"] = "shapes"
+    kind: Literal["shapes", "clip", "hps", "image_reward", "vlm_judge"] = "shapes"
     # shapes: which of the detector's scores is this term: GenEval's strict correctness or partial credit.
     head: Literal["strict", "partial"] = "strict"
     weight: float = Field(1.0, gt=0)
-    # clip: a local transformers CLIP folder (model + processor); hps: the HPSv2 / HPSv2.1 checkpoint file.
+    # clip: a local transformers CLIP folder (model + processor); hps: the HPSv2 / HPSv2.1 checkpoint file;
+    # image_reward: a folder with ImageReward.pt, med_config.json and tokenizer/ (bert-base-uncased's files).
     # Checked when the reward is built, on the machine that scores.
     path: str | None = None
     arch: str = "ViT-H-14"  # hps: the open_clip architecture the checkpoint belongs to
+    judge: VlmJudgeConfig | None = None  # vlm_judge only
 
     @model_validator(mode="after")
-    def _path_matches_kind(self) -> RewardConfig:
-        if self.kind != "shapes" and not self.path:
+    def _fields_match_kind(self) -> RewardConfig:
+        needs_path = self.kind in ("clip", "hps", "image_reward")
+        if needs_path and not self.path:
             raise ValueError(f"kind {self.kind} needs path: its local model")
-        if self.kind == "shapes" and self.path is not None:
-            raise ValueError("path is not used by kind shapes")
+        if not needs_path and self.path is not None:
+            raise ValueError(f"path is not used by kind {self.kind}")
+        if (self.kind == "vlm_judge") != (self.judge is not None):
+            raise ValueError("kind vlm_judge needs a judge section, and only it takes one")
         return self
 
     @property
@@ -100,6 +159,8 @@ class RewardConfig(Section):
         """Unique per term: two CLIP-family terms (say CLIPScore and PickScore) differ by their model."""
         if self.kind == "shapes":
             return f"{self.kind}_{self.head}"
+        if self.kind == "vlm_judge":
+            return f"{self.kind}_{re.sub(r'[^A-Za-z0-9._-]+', '_', self.judge.model)}"
         return f"{self.kind}_{Path(self.path).stem}"
 
 
@@ -208,18 +269,32 @@ class ClusterConfig(Section):
     rollout_gpus: float = Field(0.0, ge=0)
     reward_workers: int = Field(1, ge=1)
     reward_cpus: float = Field(0.0, ge=0)
+    reward_gpus: float = Field(0.0, ge=0)
     learner_ranks: int = Field(1, ge=1)
     learner_cpus: float = Field(1.0, ge=0)
     learner_gpus: float = Field(0.0, ge=0)
     # extra custom resources per role, e.g. {"rollout_node": 0.01} to pin roles to labelled nodes
     rollout_resources: dict[str, float] = {}
+    reward_resources: dict[str, float] = {}
     learner_resources: dict[str, float] = {}
+    # Ray runtime_env of the reward workers, e.g. {"pip": [...]} for a reward whose package pins other versions
+    # than the trainer's (ImageReward: see the README)
+    reward_runtime_env: dict[str, Any] = {}
     zero_stage: int = Field(1, ge=0, le=3)
     # collective: bucketed broadcast over a group of learner rank 0 + rollout workers (gloo/NCCL);
     # object_store: numpy arrays through Ray's object store (the fallback)
     weight_sync: Literal["collective", "object_store"] = "collective"
     max_staleness: int = Field(0, ge=0, le=1)
     timeout_s: float = Field(600.0, gt=0)
+
+
+class MetricsConfig(Section):
+    """The driver's Prometheus endpoint (`/metrics`), for runs without Ray's metrics export. It binds the loopback
+    address unless `host` says otherwise: metrics name prompts' rewards and the cluster's layout, so exposing them
+    to the network is a choice, not a default."""
+
+    port: int | None = Field(None, ge=0, le=65535)  # null: no endpoint; 0: any free port (the log names it)
+    host: str = "127.0.0.1"
 
 
 class Config(Section):
@@ -235,6 +310,7 @@ class Config(Section):
     train: TrainConfig = TrainConfig()
     runtime: Literal["local", "ray"] = "local"
     cluster: ClusterConfig = ClusterConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:
@@ -254,7 +330,14 @@ def _format_validation_error(err: ValidationError) -> str:
     if first["type"] == "extra_forbidden":
         return f"unknown config key '{where}'"
     more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
-    return f"config {where}: {first['msg']}{more}"
+    # a validator's own message, without pydantic's "Value error, " prefix
+    message = str(first["ctx"]["error"]) if first["type"] == "value_error" else first["msg"]
+    return f"config {where}: {message}{more}"
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    """Long user input quoted in an error message, shortened so the message stays one readable line."""
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _apply_override(tree: dict[str, Any], assignment: str) -> None:
@@ -263,8 +346,8 @@ def _apply_override(tree: dict[str, Any], assignment: str) -> None:
         raise InputError(f"--set expects key=value, got {assignment!r}")
     try:
         value = yaml.safe_load(raw)
-    except yaml.YAMLError as exc:
-        raise InputError(f"--set {key}: cannot parse value {raw!r}") from exc
+    except (yaml.YAMLError, RecursionError):
+        raise InputError(f"--set {key}: cannot parse value {_clip(raw)!r}") from None
     node = tree
     parts = key.strip().split(".")
     for part in parts[:-1]:
@@ -300,6 +383,8 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
             mark = getattr(exc, "problem_mark", None)
             line = f" line {mark.line + 1}" if mark else ""
             raise InputError(f"config file {path}{line}: not valid YAML") from None
+        except RecursionError:
+            raise InputError(f"config file {path}: nested too deeply") from None
         if not isinstance(tree, dict):
             raise InputError(f"config file {path}: top level must be a mapping")
     return resolve_config(tree, list(overrides))

@@ -17,7 +17,7 @@ from PIL import Image
 from transformers import CLIPModel, CLIPProcessor
 
 from cogrpo.proto.errors import InputError
-from cogrpo.rewards.interface import Reward
+from cogrpo.rewards.interface import Reward, reward_device
 
 
 class ClipReward(Reward):
@@ -25,8 +25,10 @@ class ClipReward(Reward):
         root = Path(path)
         if not root.is_dir():
             raise InputError(f"CLIP folder not found: {root}")
+        self.device = reward_device()
         try:
-            self.model = CLIPModel.from_pretrained(root, local_files_only=True).eval().requires_grad_(False)
+            self.model = CLIPModel.from_pretrained(root, local_files_only=True).to(self.device).eval()
+            self.model.requires_grad_(False)
             self.processor = CLIPProcessor.from_pretrained(root, local_files_only=True)
         except (OSError, ValueError) as exc:
             raise InputError(f"cannot load CLIP from {root}: {str(exc).splitlines()[0]}") from None
@@ -35,7 +37,7 @@ class ClipReward(Reward):
     @torch.no_grad()
     def score(self, images: np.ndarray, prompts: list[str], metadata: list[dict]) -> tuple[np.ndarray, np.ndarray]:
         inputs = self.processor(text=prompts, images=[Image.fromarray(image) for image in images],
-                                return_tensors="pt", padding=True, truncation=True)
+                                return_tensors="pt", padding=True, truncation=True).to(self.device)
         out = self.model(**inputs)
         scores = self.model.logit_scale.exp() * (out.image_embeds * out.text_embeds).sum(-1)
-        return scores.double().numpy(), np.ones(len(images), dtype=bool)
+        return scores.double().cpu().numpy(), np.ones(len(images), dtype=bool)

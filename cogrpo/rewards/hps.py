@@ -9,7 +9,6 @@ cosine between the normalised image and text embeddings (no logit scale).
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -17,23 +16,9 @@ import open_clip
 import torch
 from PIL import Image
 
-from cogrpo.models.checkpoint import load_state_into, load_tensors
+from cogrpo.models.checkpoint import load_state_into, read_state_dict
 from cogrpo.proto.errors import InputError
-from cogrpo.rewards.interface import Reward
-
-
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """The released torch file holds {"state_dict": ...}: read with weights_only, so no pickled code runs. A
-    safetensors file holds the state dict itself."""
-    if path.suffix == ".safetensors":
-        return load_tensors(path)[0]
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError) as exc:
-        raise InputError(f"HPS checkpoint {path} is not a readable torch file ({str(exc).splitlines()[0]})") from None
-    if not isinstance(payload, dict):
-        raise InputError(f"HPS checkpoint {path} holds a {type(payload).__name__}, not a state dict")
-    return payload.get("state_dict", payload)
+from cogrpo.rewards.interface import Reward, reward_device
 
 
 class HpsReward(Reward):
@@ -46,13 +31,15 @@ class HpsReward(Reward):
         model, _, self.preprocess = open_clip.create_model_and_transforms(
             arch, pretrained=None, pretrained_text=False, image_resize_mode="longest")
         load_state_into(model, read_state_dict(path), str(path))
-        self.model = model.eval().requires_grad_(False)
+        self.device = reward_device()
+        self.model = model.to(self.device).eval().requires_grad_(False)
         self.tokenizer = open_clip.get_tokenizer(arch)
         self.name = name
 
     @torch.no_grad()
     def score(self, images: np.ndarray, prompts: list[str], metadata: list[dict]) -> tuple[np.ndarray, np.ndarray]:
-        pixels = torch.stack([self.preprocess(Image.fromarray(image)) for image in images])
+        pixels = torch.stack([self.preprocess(Image.fromarray(image)) for image in images]).to(self.device)
         image_features = self.model.encode_image(pixels, normalize=True)
-        text_features = self.model.encode_text(self.tokenizer(prompts), normalize=True)
-        return (image_features * text_features).sum(-1).double().numpy(), np.ones(len(images), dtype=bool)
+        text_features = self.model.encode_text(self.tokenizer(prompts).to(self.device), normalize=True)
+        scores = (image_features * text_features).sum(-1)
+        return scores.double().cpu().numpy(), np.ones(len(images), dtype=bool)

@@ -21,6 +21,14 @@ def build_reward(config: RewardConfig) -> Reward:
         from cogrpo.rewards.hps import HpsReward
 
         return HpsReward(config.path, config.arch, name=config.name)
+    if config.kind == "image_reward":
+        from cogrpo.rewards.image_reward import ImageRewardScore
+
+        return ImageRewardScore(config.path, name=config.name)
+    if config.kind == "vlm_judge":
+        from cogrpo.rewards.vlm_judge import VlmJudgeReward
+
+        return VlmJudgeReward(config.judge, name=config.name)
     raise ValueError(f"unknown reward kind {config.kind!r}")
 
 

@@ -1,11 +1,10 @@
-"""aMUSEd behind our contract, on a tiny random-weight aMUSEd of the real architecture that these tests build and
-save in AmusedPipeline's layout, then load through our own code."""
+"""aMUSEd behind our contract, on a tiny random-weight aMUSEd of the real architecture that the tests build and save
+in AmusedPipeline's layout (tests/conftest.py), then load through our own code."""
 
 import numpy as np
 import pytest
 import torch
-from diffusers import AmusedPipeline, AmusedScheduler, UVit2DModel, VQModel
-from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+from diffusers import AmusedPipeline
 
 from cogrpo.learner.cogrpo import Learner, ScoredBatch
 from cogrpo.models.amused import AmusedModel
@@ -24,26 +23,8 @@ MASK_TOKEN = 39  # as in the released checkpoints: the vocabulary is rounded up 
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory, clip_tokenizer):
-    torch.manual_seed(0)
-    text_encoder = CLIPTextModelWithProjection(CLIPTextConfig(
-        vocab_size=len(clip_tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=clip_tokenizer.model_max_length, projection_dim=16,
-        bos_token_id=clip_tokenizer.bos_token_id, eos_token_id=clip_tokenizer.eos_token_id,
-        pad_token_id=clip_tokenizer.pad_token_id))
-    transformer = UVit2DModel(
-        hidden_size=32, cond_embed_dim=16, micro_cond_encode_dim=4, micro_cond_embed_dim=5 * 4,
-        encoder_hidden_size=32, vocab_size=MASK_TOKEN + 1, codebook_size=CODEBOOK, in_channels=16,
-        block_out_channels=32, num_res_blocks=1, block_num_heads=2, num_hidden_layers=1, num_attention_heads=2,
-        intermediate_size=64, sample_size=4)
-    vqvae = VQModel(
-        block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, num_vq_embeddings=CODEBOOK, vq_embed_dim=4,
-        norm_num_groups=4, lookup_from_codebook=True)
-    path = tmp_path_factory.mktemp("tiny_amused")
-    AmusedPipeline(vqvae=vqvae, tokenizer=clip_tokenizer, text_encoder=text_encoder, transformer=transformer,
-                   scheduler=AmusedScheduler(mask_token_id=MASK_TOKEN)).save_pretrained(path)
-    return path
+def folder(tiny_amused):
+    return tiny_amused(CODEBOOK, MASK_TOKEN, sample_size=4, vq_levels=2)
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +34,7 @@ def model(folder):
 
 def test_logits_over_the_codebook_with_our_mask_id_mapped_to_amused_mask_token(model):
     assert isinstance(model, AmusedModel)
-    assert (model.codebook_size, model.mask_id, model.amused_mask_id, model.grid) == (CODEBOOK, CODEBOOK, 39, (4, 4))
+    assert (model.codebook_size, model.mask_id, model.native_mask_id, model.grid) == (CODEBOOK, CODEBOOK, 39, (4, 4))
     tokens = torch.randint(0, CODEBOOK, (2, 16))
     tokens[:, ::3] = model.mask_id
     cond = model.encode_prompts(PROMPTS)
@@ -67,6 +48,17 @@ def test_logits_over_the_codebook_with_our_mask_id_mapped_to_amused_mask_token(m
     raw = model.transformer(tokens.view(2, 4, 4), encoder_hidden_states=hidden, pooled_text_emb=pooled,
                             micro_conds=micro)
     assert not torch.allclose(direct, raw)
+
+
+def test_a_bf16_transformer_reads_cast_conditioning_and_gives_float32_logits(folder):
+    """As under DeepSpeed's bf16 on GPUs: the engine casts the transformer, trajectories keep float32 conditioning."""
+    model = build_model(ModelConfig(kind="amused", path=str(folder)))
+    tokens = torch.randint(0, CODEBOOK, (2, 16))
+    cond = model.encode_prompts(PROMPTS)
+    full = model(tokens, cond)
+    model.transformer.to(torch.bfloat16)
+    half = model(tokens, cond)
+    assert half.dtype == torch.float32 and torch.allclose(half, full, atol=0.1, rtol=0.05)
 
 
 def test_conditioning_packs_clip_states_pooled_embedding_and_micro_conditioning(model):
@@ -182,9 +174,9 @@ def test_bad_folders_and_configs_are_one_clear_line(folder, tmp_path):
     with pytest.raises(InputError, match="has no vqvae/"):
         build_model(ModelConfig(kind="amused", path=str(tmp_path / "partial")))
     for overrides, message in [(["model.kind=amused"], "needs path"),
-                               ([f"model.path={folder}"], "only for kind amused"),
+                               ([f"model.path={folder}"], "only for kinds amused"),
                                (["model.kind=amused", "model.path=x", "model.checkpoint=builtin:tiny_mdm"],
-                                "not aMUSEd weights")]:
+                                "not amused weights")]:
         with pytest.raises(InputError, match=message) as info:
             load_config(None, overrides)
         assert "\n" not in str(info.value)

@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -65,6 +66,15 @@ def test_bad_files(tmp_path):
         load_config(bad)
 
 
+def _resolves_or_one_input_error(load) -> None:
+    try:
+        config = load()
+    except InputError as exc:
+        assert "\n" not in str(exc)
+    else:
+        assert isinstance(config, Config)
+
+
 _leaf = st.one_of(st.none(), st.booleans(), st.integers(-5, 300), st.floats(allow_nan=True), st.text(max_size=8))
 _tree = st.recursive(_leaf, lambda children: st.dictionaries(st.sampled_from(
     ["seed", "sampler", "steps", "kind", "model", "arch", "guidance", "bogus", "eval", "reward", "head"]),
@@ -75,9 +85,31 @@ _tree = st.recursive(_leaf, lambda children: st.dictionaries(st.sampled_from(
 @given(st.dictionaries(st.sampled_from(["seed", "sampler", "model", "eval", "reward", "pretrain", "junk"]),
                        _tree, max_size=4))
 def test_fuzzed_config_trees_either_resolve_or_raise_one_input_error(tree):
-    try:
-        config = resolve_config(tree)
-    except InputError as exc:
-        assert "\n" not in str(exc)
-    else:
-        assert isinstance(config, Config)
+    _resolves_or_one_input_error(lambda: resolve_config(tree))
+
+
+# `--set` strings: real and made-up key paths, with YAML values a user might type or mistype (aliases, tags,
+# recursion, unclosed brackets, non-finite numbers), or any text at all
+_key = st.lists(st.sampled_from(["seed", "sampler", "steps", "guidance", "model", "arch", "heads", "metrics", "port",
+                                 "host", "rewards", "0", "algo", "lr", "cluster", "rollout_resources", "", "x y"]),
+                min_size=1, max_size=4).map(".".join)
+_raw = st.one_of(st.text(max_size=20), st.sampled_from(
+    ["null", "~", "[1, 2]", "{a: 1}", ".inf", "-.nan", "1e999", "-3", "[[", "&a [*a]", "*nothing", "!!python/none",
+     "!!binary aGk=", "2020-01-01", "'x", "{kind: clip}", "[{kind: shapes, head: partial}]", "a: b: c"]))
+_assignment = st.one_of(st.builds("{}={}".format, _key, _raw), st.text(max_size=30))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(["seed", "sampler", "model", "metrics", "junk"]), _tree, max_size=3),
+       st.lists(_assignment, max_size=4))
+def test_fuzzed_overrides_either_resolve_or_raise_one_input_error(tree, overrides):
+    _resolves_or_one_input_error(lambda: resolve_config(tree, overrides))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(st.binary(max_size=200), _tree.map(yaml.safe_dump).map(str.encode),
+                 st.text(max_size=200).map(str.encode)))
+def test_fuzzed_config_files_either_load_or_raise_one_input_error(tmp_path_factory, content):
+    path = tmp_path_factory.mktemp("fuzz") / "config.yaml"
+    path.write_bytes(content)
+    _resolves_or_one_input_error(lambda: load_config(path))

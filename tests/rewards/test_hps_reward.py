@@ -1,7 +1,6 @@
-"""The HPS reward end to end: a tiny open_clip architecture registered from a config file here, random weights
-saved as an HPS-style checkpoint ({"state_dict": ...} in a torch file, or safetensors), loaded by our code."""
-
-import json
+"""The HPS reward end to end: a tiny open_clip architecture registered from a config file (tests/conftest.py),
+random weights saved as an HPS-style checkpoint ({"state_dict": ...} in a torch file, or safetensors), loaded by
+our code."""
 
 import numpy as np
 import open_clip
@@ -17,27 +16,21 @@ from cogrpo.rewards.registry import build_reward
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-ARCH = "cogrpo-tiny-hps-ViT"
-TINY = {"embed_dim": 16,
-        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
-        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
-
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tiny_hps):
     """(the model as HPS training left it, its checkpoint file)."""
-    root = tmp_path_factory.mktemp("tiny_hps")
-    (root / f"{ARCH}.json").write_text(json.dumps(TINY))
-    open_clip.add_model_config(root / f"{ARCH}.json")
-    torch.manual_seed(0)
-    model = open_clip.create_model(ARCH, pretrained=None).eval()
-    torch.save({"state_dict": model.state_dict(), "epoch": 1}, root / "HPS_tiny.pt")
-    return model, root / "HPS_tiny.pt"
+    return tiny_hps[1:]
 
 
 @pytest.fixture(scope="module")
-def reward(trained):
-    return build_reward(RewardConfig(kind="hps", path=str(trained[1]), arch=ARCH))
+def arch(tiny_hps):
+    return tiny_hps[0]
+
+
+@pytest.fixture(scope="module")
+def reward(trained, arch):
+    return build_reward(RewardConfig(kind="hps", path=str(trained[1]), arch=arch))
 
 
 def test_scores_real_images_finite_deterministic_and_batch_order_invariant(reward, scenes):
@@ -53,40 +46,40 @@ def test_scores_real_images_finite_deterministic_and_batch_order_invariant(rewar
     assert np.ptp(scores) > 0
 
 
-def test_score_is_the_checkpoints_cosine(reward, trained, scenes, tmp_path):
+def test_score_is_the_checkpoints_cosine(reward, trained, arch, scenes, tmp_path):
     model, _ = trained
     images, prompts = scenes
-    _, _, preprocess = open_clip.create_model_and_transforms(ARCH, image_resize_mode="longest")
+    _, _, preprocess = open_clip.create_model_and_transforms(arch, image_resize_mode="longest")
     pixels = torch.stack([preprocess(Image.fromarray(i)) for i in images])
     with torch.no_grad():
-        image_features, text_features, _ = model(pixels, open_clip.get_tokenizer(ARCH)(prompts))
+        image_features, text_features, _ = model(pixels, open_clip.get_tokenizer(arch)(prompts))
     expected = (image_features * text_features).sum(-1).numpy()
     np.testing.assert_allclose(reward.score(images, prompts, [{}] * 6)[0], expected, rtol=1e-5, atol=1e-6)
     torch.manual_seed(1)  # other weights in the file give other scores: the reward reads them from it
-    torch.save({"state_dict": open_clip.create_model(ARCH).state_dict()}, tmp_path / "other.pt")
-    assert not np.allclose(HpsReward(tmp_path / "other.pt", ARCH).score(images, prompts, [{}] * 6)[0], expected,
+    torch.save({"state_dict": open_clip.create_model(arch).state_dict()}, tmp_path / "other.pt")
+    assert not np.allclose(HpsReward(tmp_path / "other.pt", arch).score(images, prompts, [{}] * 6)[0], expected,
                            atol=1e-3)
 
 
-def test_safetensors_checkpoints_load_too(trained, scenes, tmp_path):
+def test_safetensors_checkpoints_load_too(trained, arch, scenes, tmp_path):
     model, checkpoint = trained
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "hps.safetensors")
     images, prompts = scenes
-    from_torch = HpsReward(checkpoint, ARCH).score(images, prompts, [{}] * 6)[0]
-    assert np.array_equal(HpsReward(tmp_path / "hps.safetensors", ARCH).score(images, prompts, [{}] * 6)[0],
+    from_torch = HpsReward(checkpoint, arch).score(images, prompts, [{}] * 6)[0]
+    assert np.array_equal(HpsReward(tmp_path / "hps.safetensors", arch).score(images, prompts, [{}] * 6)[0],
                           from_torch)
 
 
-def test_bad_checkpoints_and_architectures_are_input_errors(trained, tmp_path):
+def test_bad_checkpoints_and_architectures_are_input_errors(trained, arch, tmp_path):
     _, checkpoint = trained
     assert "ViT-H-14" in open_clip.list_models()  # the default architecture resolves without any download
     with pytest.raises(InputError, match="not found"):
-        HpsReward(tmp_path / "missing.pt", ARCH)
+        HpsReward(tmp_path / "missing.pt", arch)
     with pytest.raises(InputError, match="unknown open_clip architecture"):
         HpsReward(checkpoint, "no-such-arch")
     (tmp_path / "junk.pt").write_bytes(b"not a torch file")
     with pytest.raises(InputError, match="not a readable torch file"):
-        HpsReward(tmp_path / "junk.pt", ARCH)
+        HpsReward(tmp_path / "junk.pt", arch)
     torch.save({"state_dict": {"visual.proj": torch.zeros(2, 2)}}, tmp_path / "foreign.pt")
     with pytest.raises(InputError, match="does not fit the model"):
-        HpsReward(tmp_path / "foreign.pt", ARCH)
+        HpsReward(tmp_path / "foreign.pt", arch)

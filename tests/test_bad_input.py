@@ -1,0 +1,157 @@
+"""Bad input through the CLI (cogrpo.cli.main): one line on stderr naming the problem, exit code 2, and nothing
+written (no run directory, no output file) in the folder the command ran in."""
+
+import io
+import json
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save as safetensors_bytes
+
+from cogrpo.cli import main
+from cogrpo.data.prompts import colors, single_object
+from cogrpo.models.tiny_mdm import TinyMDM
+from cogrpo.proto.config import TinyMDMArch
+
+CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "smoke-cpu.yaml")
+TRAIN = ["train", "--config", CONFIG, "--run-dir", "run", "--set", "runtime=local"]
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """An empty folder to run in; `files` are written into it before the command, and only they may remain. Any
+    Ray started here runs without token auth (with RAY_AUTH_MODE unset, Ray would write ~/.ray/auth_token)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    return tmp_path
+
+
+def fails(argv: list[str], message: str, workdir, capsys, files: dict[str, bytes | None] | None = None) -> str:
+    """files: name -> content, or None for an empty folder."""
+    files = files or {}
+    for name, content in files.items():
+        if content is None:
+            (workdir / name).mkdir()
+        else:
+            (workdir / name).write_bytes(content)
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("cogrpo: error:")]
+    assert len(errors) == 1 and message in errors[0], err
+    assert sorted(p.name for p in workdir.iterdir()) == sorted(files), "something was written"
+    return err
+
+
+def jsonl(*records) -> bytes:
+    return "".join(json.dumps(r) + "\n" for r in records).encode()
+
+
+GOOD = jsonl(single_object("square"), colors("red", "circle"))
+
+
+@pytest.mark.parametrize("argv, message, files", [
+    (["eval", "--config", "c.yaml"], "unknown config key 'sampler.stepz'", {"c.yaml": b"sampler:\n  stepz: 3\n"}),
+    (["eval", "--set", "sampler.steps=many"], "config sampler.steps: Input should be a valid integer", {}),
+    (["eval", "--set", "algo.lr=.inf"], "config algo.lr: Input should be a finite number", {}),
+    (["eval", "--set", "metrics.port=70000"], "config metrics.port", {}),
+    (["eval", "--set", "sampler.steps"], "--set expects key=value", {}),
+    (["eval", "--set", "sampler.steps=" + "[" * 5000], "--set sampler.steps: cannot parse value", {}),
+    (["eval", "--config", "c.yaml"], "config file is not UTF-8 text", {"c.yaml": b"seed: \xff\n"}),
+    (["eval", "--config", "c.yaml"], "config file c.yaml line 2: not valid YAML", {"c.yaml": b"seed: 1\n- item\n"}),
+    (["eval", "--config", "missing.yaml"], "config file not found: missing.yaml", {}),
+    (["eval", "--set", "algo.steps.mode=window", "--set", "algo.steps.window=9"], "exceeds sampler.steps 8", {}),
+    (["eval", "--set", "rewards=[]"], "at least one reward is needed", {}),
+])
+def test_bad_configs(argv, message, files, workdir, capsys):
+    err = fails(argv, message, workdir, capsys, files)
+    assert len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "metadata file is empty: m.jsonl"),
+    (b"\n  \n", "metadata file is empty: m.jsonl"),
+    (GOOD[:-1] + b"\xff\n", "metadata file is not UTF-8 text: m.jsonl"),
+    (GOOD + b'{"tag": "colors", \n', "m.jsonl:3: malformed JSON"),
+    (GOOD + b"[1, 2]\n", "m.jsonl:3: a metadata record must be a JSON object"),
+    (jsonl({**single_object("square"), "prompt": "a photo of a dog"}), "m.jsonl:1: unknown word 'dog'"),
+    (jsonl({**single_object("square"), "tag": "dancing"}), "m.jsonl:1: unknown tag 'dancing'"),
+])
+def test_bad_metadata_files(content, message, workdir, capsys):
+    fails(["generate", "--metadata", "m.jsonl", "--outdir", "out"], message, workdir, capsys, {"m.jsonl": content})
+
+
+@pytest.mark.parametrize("runtime", ["local", "ray"])  # ray: before any cluster starts (this takes no time)
+def test_bad_training_prompts_leave_no_run_directory(runtime, workdir, capsys):
+    fails([*TRAIN, "--set", f"runtime={runtime}", "--set", "train.prompts=m.jsonl"], "m.jsonl:1: malformed JSON",
+          workdir, capsys, {"m.jsonl": b"not json\n"})
+
+
+def test_bad_prompts(workdir, capsys):
+    fails(["sample", "--prompt", "a photo of a dog", "--out", "x.png"], "unknown word 'dog'", workdir, capsys)
+    fails(["sample", "--prompt", "", "--out", "x.png"], "empty prompt", workdir, capsys)
+    fails(["sample", "--prompt", "a photo of a \udcff circle", "--out", "x.png"], "unknown word", workdir, capsys)
+
+
+def tiny_mdm_file(arch: TinyMDMArch, claimed: TinyMDMArch) -> bytes:
+    """A TinyMDM checkpoint holding `arch`'s tensors whose metadata says `claimed`."""
+    tensors = {k: v.contiguous() for k, v in TinyMDM(arch).state_dict().items()}
+    return safetensors_bytes(tensors, metadata={"kind": "tiny_mdm", "arch": claimed.model_dump_json()})
+
+
+def pickled() -> bytes:
+    buffer = io.BytesIO()
+    torch.save({"w": torch.zeros(2)}, buffer)
+    return buffer.getvalue()
+
+
+SMALL = TinyMDMArch(d_model=32, layers=1, heads=2, conv_layers=0)
+
+
+@pytest.mark.parametrize("files, checkpoint, message", [
+    ({}, "missing.safetensors", "checkpoint not found: missing.safetensors"),
+    ({"m.pt": pickled()}, "m.pt", "checkpoint m.pt is not a valid safetensors file"),
+    ({"m.safetensors": b"\x00" * 64}, "m.safetensors", "checkpoint m.safetensors is not a valid safetensors file"),
+    ({"m.safetensors": tiny_mdm_file(SMALL, SMALL.model_copy(update={"d_model": 64}))}, "m.safetensors",
+     "checkpoint m.safetensors does not fit the model: "),
+    ({"m.safetensors": tiny_mdm_file(SMALL, SMALL.model_copy(update={"layers": 2}))}, "m.safetensors",
+     "does not fit the model: missing tensor"),
+    ({"rundir": None}, "rundir", "run directory rundir has no complete checkpoint"),
+])
+def test_bad_checkpoints(files, checkpoint, message, workdir, capsys):
+    fails(["eval", "--checkpoint", checkpoint], message, workdir, capsys, files)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["eval", "--steps", "x"], "argument --steps: invalid int value: 'x'"),
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+    (["generate", "--metadata", "m.jsonl"], "the following arguments are required: --outdir"),
+    (["sample", "--prompt", "a photo of a circle", "--out", "x.png", "--n", "0"], "--n must be at least 1"),
+    (["sample", "--prompt", "a photo of a circle", "--out", "x.jpg"], "--out must be a .png file"),
+    (["eval", "--images", "imgs", "--steps", "4"], "--steps does not apply to --images"),
+    (["eval", "--metadata", "m.jsonl", "--images", "imgs"], "not allowed with argument"),
+    ([], "the following arguments are required: command"),
+])
+def test_bad_arguments(argv, message, workdir, capsys):
+    fails(argv, message, workdir, capsys)
+
+
+def test_a_taken_metrics_port_leaves_no_run_directory(workdir, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        fails([*TRAIN, "--set", f"metrics.port={port}"], f"metrics endpoint 127.0.0.1:{port}:", workdir, capsys)
+
+
+def test_impossible_resources_leave_no_run_directory(workdir, capsys):
+    fails([*TRAIN, "--set", "runtime=ray", "--set", "cluster.learner_gpus=1"], "1 GPU needed, 0 in the cluster",
+          workdir, capsys)
+
+
+def test_a_checkpoint_an_actor_cannot_load_is_one_line(workdir, capsys):
+    """The rollout actor's constructor finds it: the error crosses to the driver as itself, not a traceback."""
+    fails([*TRAIN, "--set", "runtime=ray", "--set", "model.checkpoint=missing.safetensors"],
+          "checkpoint not found: missing.safetensors", workdir, capsys)
