@@ -13,6 +13,7 @@ from cogrpo.cluster.trainer import Trainer, schedule_for
 from cogrpo.learner.checkpoint import save_checkpoint
 from cogrpo.learner.cogrpo import Learner, ScoredBatch
 from cogrpo.models.checkpoint import build_model
+from cogrpo.models.interface import compute_device
 from cogrpo.models.schedule_policy import SchedulePolicy
 from cogrpo.proto.config import Config
 from cogrpo.rewards.registry import build_reward, score_all
@@ -26,7 +27,7 @@ class LocalTrainer(Trainer):
     def __init__(self, config: Config, run_dir: str | None = None, log: Callable[[str], None] = print):
         torch.set_num_threads(config.threads)
         torch.manual_seed(config.seed)
-        self.model = build_model(config.model)
+        self.model = build_model(config.model).to(compute_device())
         self.policy = SchedulePolicy(config.schedule_policy, self.model.prompt_feature_dim)
         self.learner = Learner(self.model, self.policy, config)
         self.rewards = [(build_reward(r), r.weight) for r in config.rewards]
@@ -54,7 +55,7 @@ class LocalTrainer(Trainer):
         return result, images
 
     def learned_schedule(self, steps: int, prompts: list[str]) -> torch.Tensor:
-        feat = self.model.prompt_features(self.model.encode_prompts(prompts))
+        feat = self.model.prompt_features_cpu(self.model.encode_prompts(prompts))
         return learned_schedule(self.policy, hand_knobs(self.config.sampler, steps), feat)
 
     def checkpoint(self, iteration: int) -> None:

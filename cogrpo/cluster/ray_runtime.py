@@ -27,6 +27,7 @@ from cogrpo.cluster.weight_sync import BroadcastGroup, load_named_state, named_s
 from cogrpo.learner.checkpoint import save_checkpoint
 from cogrpo.learner.cogrpo import Learner, ScoredBatch, TorchStep, make_phi_step, theta_optimizer
 from cogrpo.models.checkpoint import build_model
+from cogrpo.models.interface import compute_device
 from cogrpo.models.schedule_policy import SchedulePolicy
 from cogrpo.proto.config import Config
 from cogrpo.proto.errors import InputError
@@ -79,7 +80,9 @@ class RolloutWorker(Actor):
     def __init__(self, config: Config):
         torch.set_num_threads(config.threads)
         self.config = config
-        self.model = build_model(config.model)
+        device = compute_device()
+        # on a GPU the learner trains in bf16 (deepspeed_config), so its published weights are bf16 too
+        self.model = build_model(config.model).to(device, torch.bfloat16 if device.type == "cuda" else None)
         self.policy = SchedulePolicy(config.schedule_policy, self.model.prompt_feature_dim)
         self.version = 0
 
@@ -112,7 +115,7 @@ class RolloutWorker(Actor):
         return result, images[:16]
 
     def learned_schedule(self, steps: int, prompts: list[str]) -> torch.Tensor:
-        feat = self.model.prompt_features(self.model.encode_prompts(prompts))
+        feat = self.model.prompt_features_cpu(self.model.encode_prompts(prompts))
         return learned_schedule(self.policy, hand_knobs(self.config.sampler, steps), feat)
 
     def weights(self) -> dict[str, np.ndarray]:

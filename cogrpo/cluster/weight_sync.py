@@ -36,7 +36,8 @@ def named_state(model: torch.nn.Module, policy: torch.nn.Module,
 
 
 def to_numpy(state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-    return {k: v.cpu().numpy() for k, v in state.items()}
+    """numpy has no bfloat16: those travel as float32 (exact), and load back into bf16 tensors exactly."""
+    return {k: (v.float() if v.dtype == torch.bfloat16 else v).cpu().numpy() for k, v in state.items()}
 
 
 def load_named_state(model: torch.nn.Module, policy: torch.nn.Module, weights: dict) -> None:

@@ -74,10 +74,12 @@ def maskgrpo_masks(traj: Trajectory, rates: list[float]) -> list[torch.Tensor]:
 
 
 def maskgrpo_log_probs(model: MaskedTokenModel, traj: Trajectory, masked: torch.Tensor) -> torch.Tensor:
-    """log p_theta(x_0 | re-masked x_0, c) at every position (B, N): the conditional model at temperature 1."""
-    inputs = traj.tokens.masked_fill(masked, model.mask_id)
-    logp = F.log_softmax(model(inputs, traj.cond), dim=-1)
-    return logp.gather(-1, traj.tokens[..., None]).squeeze(-1)
+    """log p_theta(x_0 | re-masked x_0, c) at every position (B, N): the conditional model at temperature 1,
+    run on the model's device and returned beside the trajectory."""
+    device = model.device
+    tokens = traj.tokens.to(device)
+    logp = F.log_softmax(model(tokens.masked_fill(masked.to(device), model.mask_id), traj.cond.to(device)), dim=-1)
+    return logp.gather(-1, tokens[..., None]).squeeze(-1).to(traj.tokens.device)
 
 
 def theta_maskgrpo_objective(model: MaskedTokenModel, traj: Trajectory, adv: torch.Tensor, masked: torch.Tensor,

@@ -24,6 +24,11 @@ class ImageTokenizer(ABC):
         """int tokens (B, grid_h * grid_w) -> uint8 RGB (B, H, W, 3)."""
 
 
+def compute_device() -> torch.device:
+    """The GPU when this process sees one (a Ray actor sees only the GPUs it was given), else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 class MaskedTokenModel(nn.Module, ABC):
     """Given token ids (with `mask_id` where masked) and conditioning, logits over the codebook everywhere.
 
@@ -49,6 +54,16 @@ class MaskedTokenModel(nn.Module, ABC):
     @property
     def mask_id(self) -> int:
         return self.codebook_size
+
+    @property
+    def device(self) -> torch.device:
+        """Where the weights live. Samplers and likelihoods run there; trajectories and schedule decisions stay
+        on the CPU (small, and what crosses processes)."""
+        return next(self.parameters()).device
+
+    def prompt_features_cpu(self, cond: torch.Tensor) -> torch.Tensor:
+        """`prompt_features` for CPU conditioning, returned on the CPU (the schedule policy's input)."""
+        return self.prompt_features(cond.to(self.device)).cpu()
 
     @abstractmethod
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:

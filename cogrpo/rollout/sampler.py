@@ -27,7 +27,7 @@ _R, _TAU, _G, _W = (KNOBS.index(k) for k in ("remask_ratio", "temperature", "rem
 
 
 def _gumbel(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
-    u = torch.rand(shape, generator=generator).clamp_(1e-20, 1.0 - 1e-7)
+    u = torch.rand(shape, generator=generator, device=generator.device).clamp_(1e-20, 1.0 - 1e-7)
     return -torch.log(-torch.log(u))
 
 
@@ -63,7 +63,7 @@ def _commit_emerge(masked, logp_sampled, knobs, last, stochastic, generator):
         return _commit_maskgit(masked, logp_sampled, knobs, last, False, generator)
     frac = masked.float().mean(1)
     p = ((frac - knobs[:, _R]) / frac.clamp(min=1e-9)).clamp(0.0, 1.0)
-    return masked & (torch.rand(tuple(masked.shape), generator=generator) < p[:, None])
+    return masked & (torch.rand(tuple(masked.shape), generator=generator, device=generator.device) < p[:, None])
 
 
 @torch.no_grad()
@@ -84,29 +84,34 @@ def generate(model: MaskedTokenModel, cond: torch.Tensor, schedule: Schedule, st
     if not plan or plan[-1] != steps - 1 or any(b <= a for a, b in zip(plan, plan[1:])):
         raise ValueError(f"plan must be increasing and end at step {steps - 1}: {plan}")
     stochastic = torch.ones(len(plan), dtype=torch.bool) if stochastic is None else stochastic.bool()
+    # schedule actions are drawn on the CPU; token noise where the model runs (the same generator on a CPU)
+    device = model.device
     generator = torch.Generator().manual_seed(seed)
+    noise = generator if device.type == "cpu" else torch.Generator(device).manual_seed(seed)
     b, n = cond.shape[0], model.num_tokens
-    null = model.null_conditioning(b)
-    prompt_feat = model.prompt_features(cond)
-    canvas = torch.full((b, n), model.mask_id, dtype=torch.long)
-    commit_step = torch.full((b, n), len(plan), dtype=torch.long)
-    token_logp = torch.zeros(b, n)
+    cond_cpu, cond = cond, cond.to(device)
+    null = model.null_conditioning(b).to(device)
+    prompt_feat = model.prompt_features_cpu(cond_cpu)
+    canvas = torch.full((b, n), model.mask_id, dtype=torch.long, device=device)
+    commit_step = torch.full((b, n), len(plan), dtype=torch.long, device=device)
+    token_logp = torch.zeros(b, n, device=device)
     knobs, actions, sched_logp = [], [], []
     was_training = model.training
     model.eval()
     try:
         for t, schedule_step in enumerate(plan):
             masked = canvas == model.mask_id
-            decision = schedule.decide(schedule_step, steps, masked.float().mean(1), prompt_feat,
+            decision = schedule.decide(schedule_step, steps, masked.float().mean(1).cpu(), prompt_feat,
                                        bool(stochastic[t]), generator)
-            logp_all = guided_log_probs(model, canvas, cond, null, decision.knobs)
+            step_knobs = decision.knobs.to(device)
+            logp_all = guided_log_probs(model, canvas, cond, null, step_knobs)
             if stochastic[t]:
-                sampled = (logp_all + _gumbel(tuple(logp_all.shape), generator)).argmax(-1)
+                sampled = (logp_all + _gumbel(tuple(logp_all.shape), noise)).argmax(-1)
             else:
                 sampled = logp_all.argmax(-1)
             logp_sampled = logp_all.gather(-1, sampled[..., None]).squeeze(-1)
             last = t == len(plan) - 1
-            commit = commit_fn(masked, logp_sampled, decision.knobs, last, bool(stochastic[t]), generator)
+            commit = commit_fn(masked, logp_sampled, step_knobs, last, bool(stochastic[t]), noise)
             canvas = torch.where(commit, sampled, canvas)
             commit_step[commit] = t
             if stochastic[t]:
@@ -116,7 +121,7 @@ def generate(model: MaskedTokenModel, cond: torch.Tensor, schedule: Schedule, st
             sched_logp.append(decision.logp)
     finally:
         model.train(was_training)
-    return Trajectory(cond=cond, tokens=canvas, commit_step=commit_step, token_logp=token_logp,
+    return Trajectory(cond=cond_cpu, tokens=canvas.cpu(), commit_step=commit_step.cpu(), token_logp=token_logp.cpu(),
                       knobs=torch.stack(knobs, 1), stochastic=stochastic, step_index=torch.tensor(plan),
                       schedule_steps=steps, prompt_feat=prompt_feat, sched_action=torch.stack(actions, 1),
                       sched_logp=torch.stack(sched_logp, 1), seed=seed, mask_id=model.mask_id)
@@ -125,11 +130,12 @@ def generate(model: MaskedTokenModel, cond: torch.Tensor, schedule: Schedule, st
 def replay_log_probs(model: MaskedTokenModel, traj: Trajectory, steps: list[int]) -> torch.Tensor:
     """Log-probs of the recorded final tokens under the model, re-run on the canvas before each step in `steps`
     with that step's knobs: (B, len(steps), N). Differentiable; one batched forward pass for all steps.
-    Entries where commit_step != step are not that step's actions; callers mask them."""
-    b = traj.batch_size
-    canvases = torch.cat([traj.canvas_before(t) for t in steps])
-    cond = traj.cond.repeat(len(steps), *([1] * (traj.cond.dim() - 1)))
-    knobs = torch.cat([traj.knobs[:, t] for t in steps])
-    logp_all = guided_log_probs(model, canvases, cond, model.null_conditioning(cond.shape[0]), knobs)
-    logp = logp_all.gather(-1, traj.tokens.repeat(len(steps), 1)[..., None]).squeeze(-1)
-    return logp.view(len(steps), b, -1).transpose(0, 1)
+    Entries where commit_step != step are not that step's actions; callers mask them. The forward pass runs
+    on the model's device; the (small) result comes back to the CPU trajectory's device, gradients included."""
+    b, device = traj.batch_size, model.device
+    canvases = torch.cat([traj.canvas_before(t) for t in steps]).to(device)
+    cond = traj.cond.repeat(len(steps), *([1] * (traj.cond.dim() - 1))).to(device)
+    knobs = torch.cat([traj.knobs[:, t] for t in steps]).to(device)
+    logp_all = guided_log_probs(model, canvases, cond, model.null_conditioning(cond.shape[0]).to(device), knobs)
+    logp = logp_all.gather(-1, traj.tokens.repeat(len(steps), 1).to(device)[..., None]).squeeze(-1)
+    return logp.view(len(steps), b, -1).transpose(0, 1).to(traj.tokens.device)
