@@ -1,6 +1,7 @@
 """The `cogrpo` command: sample, generate, eval, pretrain, train.
 
-Bad input of any kind ends with one line on stderr and exit code 2; nothing half-written is left behind.
+Bad input of any kind ends with one line on stderr and exit code 2; nothing half-written is left behind. A fault
+training could not survive (a dead learner) ends with one line naming the last checkpoint and exit code 1.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from cogrpo.proto.errors import InputError
+from cogrpo.proto.errors import FaultError, InputError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -63,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="RL fine-tuning (Co-GRPO and its peers) on the configured prompts")
     _common(p)
     p.add_argument("--run-dir", help="run directory (default: train.run_dir, or runs/<time>-<mode>)")
+    p.add_argument("--resume", metavar="auto|PATH",
+                   help="continue the run in --run-dir: from its latest complete checkpoint (auto; none yet: start "
+                        "over), or from PATH, one of its checkpoints/iter_NNNNNN folders")
 
     p = sub.add_parser("pretrain", help="train the tiny MDM from scratch on the shapes world")
     _common(p)
@@ -219,13 +223,13 @@ def cmd_train(args: argparse.Namespace) -> None:
         from cogrpo.cluster.ray_runtime import RayTrainer
 
         try:
-            evals = RayTrainer(config, args.run_dir).train()
+            evals = RayTrainer(config, args.run_dir, resume=args.resume).train()
         finally:
             ray.shutdown()
     else:
         from cogrpo.cluster.local import LocalTrainer
 
-        evals = LocalTrainer(config, args.run_dir).train()
+        evals = LocalTrainer(config, args.run_dir, resume=args.resume).train()
     print(json.dumps({"final_eval": [{k: r[k] for k in ("split", "steps", "overall", "strict", "partial")}
                                      for r in evals]}))
 
@@ -241,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         print(f"cogrpo: error: {exc}", file=sys.stderr)
         return 2
+    except FaultError as exc:
+        print(f"cogrpo: fault: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -3,6 +3,7 @@ the distributed runtime must match, and it calls the same rollout and learner fu
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -10,7 +11,8 @@ import torch
 
 from cogrpo.cluster.plots import learned_schedule
 from cogrpo.cluster.trainer import Trainer, schedule_for
-from cogrpo.learner.checkpoint import save_checkpoint
+from cogrpo.learner.checkpoint import (load_model_weights, load_optimizers, load_policy_weights, save_optimizers,
+                                       save_weights)
 from cogrpo.learner.cogrpo import Learner, ScoredBatch
 from cogrpo.models.checkpoint import build_model
 from cogrpo.models.interface import compute_device
@@ -24,14 +26,15 @@ from cogrpo.rollout.steps import StepPlan
 
 
 class LocalTrainer(Trainer):
-    def __init__(self, config: Config, run_dir: str | None = None, log: Callable[[str], None] = print):
+    def __init__(self, config: Config, run_dir: str | None = None, log: Callable[[str], None] = print,
+                 resume: str | None = None):
         torch.set_num_threads(config.threads)
         torch.manual_seed(config.seed)
         self.model = build_model(config.model).to(compute_device())
         self.policy = SchedulePolicy(config.schedule_policy, self.model.prompt_feature_dim)
         self.learner = Learner(self.model, self.policy, config)
         self.rewards = [(build_reward(r), r.weight) for r in config.rewards]
-        super().__init__(config, run_dir, log)
+        super().__init__(config, run_dir, log, resume)
 
     def rollout_and_score(self, iteration: int, records: list[dict], plan: StepPlan):
         config, algo = self.config, self.config.algo
@@ -58,5 +61,14 @@ class LocalTrainer(Trainer):
         feat = self.model.prompt_features_cpu(self.model.encode_prompts(prompts))
         return learned_schedule(self.policy, hand_knobs(self.config.sampler, steps), feat)
 
-    def checkpoint(self, iteration: int) -> None:
-        save_checkpoint(self.run.path, iteration, self.model, self.policy, {"seed": self.config.seed})
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"theta": self.learner.theta_step.optimizer, "phi": self.learner.phi_step.optimizer}
+
+    def save_learner(self, folder: Path) -> None:
+        save_weights(folder, self.model, self.policy)
+        save_optimizers(folder, self.optimizers())
+
+    def load_learner(self, folder: Path, state: dict) -> None:
+        load_model_weights(folder, self.model)
+        load_policy_weights(folder, self.policy)
+        load_optimizers(folder, self.optimizers())

@@ -57,7 +57,8 @@ METRICS: dict[str, Metric] = {
     "cogrpo_schedule": Metric("gauge", "learned schedule: the policy's mean knob value per decoding step",
                               ("knob", "step")),
     "cogrpo_actor_restarts": Metric("counter", "actors restarted after a failure", ("role",)),
-    "cogrpo_reward_failures": Metric("counter", "reward calls that failed", ("reward",)),
+    "cogrpo_reward_failures": Metric("counter", "samples a reward could not score (invalid, NaN or a failed call)",
+                                     ("reward",)),
     "cogrpo_reward_timeouts": Metric("counter", "reward calls that timed out", ("reward",)),
     "cogrpo_dropped_groups": Metric("counter", "prompt groups dropped from an update (no usable samples)"),
 }

@@ -7,14 +7,22 @@ rollout pool; each batch's images go straight to a reward worker; the driver tur
 advantages; every learner rank takes its shard of the trajectories from the object store and updates; learner
 rank 0 publishes the new weights (model and schedule policy, one versioned message); rollout workers swap them in
 between batches. With max_staleness 1 the next iteration's rollouts are launched before the update finishes.
+
+Faults: Ray restarts a dead rollout or reward worker (cluster.max_restarts); the driver waits for it, gives a
+rollout worker the current weights, and issues the calls it lost again with the same inputs and seeds. A hung
+reward call is ended by restarting its worker (cluster.reward_timeout_s), retried (cluster.reward_retries), then
+left unscored. A dead learner ends the run with a FaultError naming the last checkpoint.
 """
 
 from __future__ import annotations
 
 import datetime
 import os
+import pickle
 import socket
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -22,17 +30,18 @@ import ray
 import torch
 
 from cogrpo.cluster.plots import learned_schedule
-from cogrpo.cluster.trainer import Trainer, read_prompt_sets, schedule_for
+from cogrpo.cluster.trainer import Trainer, read_prompt_sets, resume_point, schedule_for
 from cogrpo.cluster.weight_sync import BroadcastGroup, load_named_state, named_state, to_numpy
-from cogrpo.learner.checkpoint import save_checkpoint
-from cogrpo.learner.cogrpo import Learner, ScoredBatch, TorchStep, make_phi_step, theta_optimizer
+from cogrpo.learner.checkpoint import (DEEPSPEED_DIR, load_optimizers, load_policy_weights, rng_state,
+                                       save_optimizers, save_weights, set_rng_state)
+from cogrpo.learner.cogrpo import Learner, ScoredBatch, make_phi_step, theta_optimizer
 from cogrpo.models.checkpoint import build_model
 from cogrpo.models.interface import compute_device
 from cogrpo.models.schedule_policy import SchedulePolicy
 from cogrpo.proto.config import Config
-from cogrpo.proto.errors import InputError
+from cogrpo.proto.errors import FaultError, InputError
 from cogrpo.proto.messages import Trajectory
-from cogrpo.rewards.registry import build_reward, score_all
+from cogrpo.rewards.registry import build_reward, score_one
 from cogrpo.rollout.collect import rollout_seed
 from cogrpo.rollout.evaluate import evaluate
 from cogrpo.rollout.sampler import generate
@@ -62,10 +71,22 @@ def reports_input_errors(cls: type) -> type:
     return Checked
 
 
+ROLLOUT, REWARD = "rollout", "reward"  # the roles Ray restarts (a learner's state lives only in it)
+
+
+class WeightsMissing(RuntimeError):
+    """A rollout worker was asked to sample with weights it does not hold: Ray restarted it, and a new process
+    starts from the configured checkpoint, so the driver must send it the current weights first."""
+
+
 class Actor:
     def ready(self) -> str:
         """The id of the node this actor runs on (and proof that its constructor succeeded)."""
         return ray.get_runtime_context().get_node_id()
+
+    def incarnation(self) -> tuple[str, int]:
+        """(node id, process id): it changes when Ray restarts the actor, which is how the driver counts restarts."""
+        return ray.get_runtime_context().get_node_id(), os.getpid()
 
     def join_weight_sync(self, host: str, port: int, rank: int, world: int) -> None:
         """Join the broadcast group (learner rank 0 is its rank 0 and hosts the store). Collective."""
@@ -84,7 +105,15 @@ class RolloutWorker(Actor):
         # on a GPU the learner trains in bf16 (deepspeed_config), so its published weights are bf16 too
         self.model = build_model(config.model).to(device, torch.bfloat16 if device.type == "cuda" else None)
         self.policy = SchedulePolicy(config.schedule_policy, self.model.prompt_feature_dim)
-        self.version = 0
+        self.version: int | None = None  # no weights from the learner yet
+        self.sync: BroadcastGroup | None = None  # joined at start; a restarted process is in no group
+
+    def weight_version(self) -> int | None:
+        return self.version
+
+    def _check_weights(self, version: int) -> None:
+        if self.version != version:
+            raise WeightsMissing(f"rollout worker holds weight version {self.version}, the driver expects {version}")
 
     def load_weights(self, version: int, holder: list) -> int:
         """Object-store transport: swap in published weights. Actor calls run one at a time, so weights only
@@ -95,26 +124,32 @@ class RolloutWorker(Actor):
 
     def receive_weights(self) -> int:
         """Collective transport: the broadcast lands in the live tensors (state_dict views), between batches."""
+        if self.sync is None:
+            raise WeightsMissing("this rollout worker is in no broadcast group: Ray restarted it")
         self.version = self.sync.receive(named_state(self.model, self.policy))
         return self.version
 
-    def generate(self, prompts: list[str], plan: StepPlan, seed: int, iteration: int):
+    def generate(self, prompts: list[str], plan: StepPlan, seed: int, iteration: int, version: int):
+        """(trajectory, images, weight version): three returns, so the driver can wait on the small one."""
+        self._check_weights(version)
         config = self.config
         self.policy.decay_std(iteration)
         schedule = schedule_for(config, self.policy, config.sampler.steps, sample_actions=True)
         cond = self.model.encode_prompts(prompts)
         traj = generate(self.model, cond, schedule, config.sampler.steps, seed, config.sampler.kind,
                         stochastic=plan.stochastic, plan=plan.plan)
-        return (traj, self.version), self.model.decode_images(traj.tokens)
+        return traj, self.model.decode_images(traj.tokens), self.version
 
-    def evaluate(self, records: list[dict], steps: int):
+    def evaluate(self, records: list[dict], steps: int, version: int):
+        self._check_weights(version)
         config = self.config
         schedule = schedule_for(config, self.policy, steps, sample_actions=False)
         result, _, images = evaluate(self.model, records, schedule, steps, config.seed, config.sampler.batch_size,
                                      config.eval.n_per_prompt, config.sampler.kind)
         return result, images[:16]
 
-    def learned_schedule(self, steps: int, prompts: list[str]) -> torch.Tensor:
+    def learned_schedule(self, steps: int, prompts: list[str], version: int) -> torch.Tensor:
+        self._check_weights(version)
         feat = self.model.prompt_features_cpu(self.model.encode_prompts(prompts))
         return learned_schedule(self.policy, hand_knobs(self.config.sampler, steps), feat)
 
@@ -126,8 +161,39 @@ class RewardWorker(Actor):
     def __init__(self, config: Config):
         self.rewards = [(build_reward(r), r.weight) for r in config.rewards]
 
-    def score(self, images: np.ndarray, prompts: list[str], metadata: list[dict]):
-        return score_all(self.rewards, images, prompts, metadata)
+    def score(self, term: int, images: np.ndarray, prompts: list[str], metadata: list[dict]):
+        """One reward term's (scores, valid): a call per term, so a hang or a failure is charged to its reward."""
+        return score_one(self.rewards[term][0], images, prompts, metadata)
+
+
+DEEPSPEED_TAG = "state"
+
+
+def load_deepspeed_checkpoint(engine, path: str) -> dict:
+    """engine.load_checkpoint with every file read by torch.load(weights_only=True): DeepSpeed's own reader
+    unpickles anything, so a tampered checkpoint could run code. Beyond tensors and plain data it admits only the
+    three small DeepSpeed classes its ZeRO optimizer state holds. Returns the client state saved with it."""
+    from deepspeed.runtime.checkpoint_engine import TorchCheckpointEngine
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    class WeightsOnly(TorchCheckpointEngine):
+        def load(self, path, map_location=None):
+            with torch.serialization.safe_globals([LossScaler, ZeroStageEnum, fragment_address]):
+                return torch.load(path, map_location=map_location, weights_only=True)
+
+    own, engine.checkpoint_engine = engine.checkpoint_engine, WeightsOnly()
+    try:
+        loaded, client = engine.load_checkpoint(path, tag=DEEPSPEED_TAG, load_lr_scheduler_states=False)
+    except pickle.UnpicklingError as exc:
+        raise InputError(f"DeepSpeed checkpoint {path} holds more than tensors and plain data "
+                         f"({str(exc).strip().splitlines()[-1]})") from None
+    finally:
+        engine.checkpoint_engine = own
+    if loaded is None:
+        raise InputError(f"no DeepSpeed checkpoint in {path}")
+    return client
 
 
 def deepspeed_config(config: Config) -> dict:
@@ -193,12 +259,13 @@ class LearnerWorker(Actor):
                                phi_step=make_phi_step(self.policy, config, reduce_grads=reduce))
         self.version = 0
 
-    def update(self, iteration: int, parts: list, advantages: np.ndarray, usable: np.ndarray,
+    def update(self, iteration: int, parts: list, versions: list[int], advantages: np.ndarray, usable: np.ndarray,
                trained: list[int]) -> dict:
-        """parts: object refs of (trajectory, weight version) per rollout batch. Every rank takes an equal shard of
-        the usable samples (a remainder that does not divide evenly is left out, so all ranks step together)."""
-        trajs, versions = zip(*ray.get(list(parts)))
-        traj = Trajectory.cat(list(trajs))
+        """parts: object refs of the trajectories per rollout batch; versions: the weight version of each. Every
+        rank takes an equal shard of the usable samples (a remainder that does not divide evenly is left out, so
+        all ranks step together)."""
+        trajs = ray.get(list(parts))
+        traj = Trajectory.cat(trajs)
         sample_version = np.concatenate([np.full(t.batch_size, v) for t, v in zip(trajs, versions)])
         index = np.flatnonzero(usable)
         index = index[: len(index) // self.world * self.world][self.rank:: self.world]
@@ -234,23 +301,38 @@ class LearnerWorker(Actor):
         self.sync_store = BroadcastGroup.host_store(host, self.config.cluster.timeout_s)
         return host, self.sync_store.port
 
-    def publish(self) -> list | None:
+    def publish(self, transport: str) -> list | None:
         """Every rank calls this (the ZeRO-3 gather is collective). Rank 0 then broadcasts the versioned message
-        (collective transport; returns None) or puts it in the object store and returns [ref] (wrapped, so the
-        driver passes the reference on without resolving it)."""
+        (`collective`; returns None) or puts it in the object store and returns [ref] (`object_store`, wrapped so
+        the driver passes the reference on without resolving it). The object store serves whatever
+        cluster.weight_sync says: a restarted rollout worker cannot join the broadcast group."""
         state = self._full_state()
         if self.rank != 0:
             return None
         message = named_state(self.module, self.policy, state)
-        if self.config.cluster.weight_sync == "collective":
+        if transport == "collective":
             self.sync.send(self.version, message)
             return None
         return [ray.put(to_numpy(message))]
 
-    def save_checkpoint(self, run_dir: str, iteration: int) -> None:
+    def save_checkpoint(self, folder: str) -> None:
+        """Every rank (the ZeRO-3 gather and DeepSpeed's save are collective): rank 0 writes both policies' whole
+        weights as safetensors and phi's optimizer state; DeepSpeed writes theta's, each rank its partition, with
+        the rank's RNG states as client state."""
         state = self._full_state()
         if self.rank == 0:
-            save_checkpoint(run_dir, iteration, self.module, self.policy, {"seed": self.config.seed}, state)
+            save_weights(Path(folder), self.module, self.policy, state)
+            save_optimizers(Path(folder), {"phi": self.learner.phi_step.optimizer})
+        self.engine.save_checkpoint(str(Path(folder) / DEEPSPEED_DIR), tag=DEEPSPEED_TAG,
+                                    client_state={"rng": rng_state()}, save_latest=False)
+
+    def load_checkpoint(self, folder: str, version: int) -> None:
+        """Every rank: theta and its optimizer through DeepSpeed, phi and its optimizer from rank 0's files."""
+        client = load_deepspeed_checkpoint(self.engine, str(Path(folder) / DEEPSPEED_DIR))
+        load_policy_weights(Path(folder), self.policy)
+        load_optimizers(Path(folder), {"phi": self.learner.phi_step.optimizer})
+        set_rng_state(client["rng"])
+        self.version = version
 
 
 def _check_resources(config: Config) -> None:
@@ -286,26 +368,61 @@ def connect(config: Config) -> None:
     os.chdir(cwd)
 
 
+@dataclass
+class Batch:
+    """One rollout batch in flight, with what it takes to issue its calls again after a fault: the same prompts,
+    seed and workers give the same samples."""
+
+    index: int  # within the iteration: picks the seed and the workers
+    iteration: int
+    plan: StepPlan
+    prompts: list[str]
+    metadata: list[dict]
+    traj: ray.ObjectRef | None = None
+    images: ray.ObjectRef | None = None
+    version_ref: ray.ObjectRef | None = None
+    version: int | None = None  # the weight version that made it, once generated
+    scores: list = field(default_factory=list)  # a ref per reward term
+
+
+RESTARTED = (ray.exceptions.RayActorError, WeightsMissing)  # a call that failed because its worker restarted
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class RayTrainer(Trainer):
-    def __init__(self, config: Config, run_dir: str | None = None, log: Callable[[str], None] = print):
-        read_prompt_sets(config)  # a bad prompt file fails before the cluster starts
+    def __init__(self, config: Config, run_dir: str | None = None, log: Callable[[str], None] = print,
+                 resume: str | None = None):
+        # a bad prompt file, or a run with nothing left to do, fails before the cluster starts
+        read_prompt_sets(config)
+        resume_point(config, run_dir, resume)
         connect(config)
         _check_resources(config)
         c = config.cluster
         rollout = ray.remote(reports_input_errors(RolloutWorker)).options(
-            num_cpus=c.rollout_cpus, num_gpus=c.rollout_gpus, resources=dict(c.rollout_resources))
+            num_cpus=c.rollout_cpus, num_gpus=c.rollout_gpus, resources=dict(c.rollout_resources),
+            max_restarts=c.max_restarts)
         reward = ray.remote(reports_input_errors(RewardWorker)).options(
             num_cpus=c.reward_cpus, num_gpus=c.reward_gpus, resources=dict(c.reward_resources),
-            runtime_env=c.reward_runtime_env or None)
+            runtime_env=c.reward_runtime_env or None, max_restarts=c.max_restarts)
         learner = ray.remote(reports_input_errors(LearnerWorker)).options(
             num_cpus=c.learner_cpus, num_gpus=c.learner_gpus, resources=dict(c.learner_resources))
         self.rollouts = [rollout.remote(config) for _ in range(c.rollout_workers)]
         self.rewards = [reward.remote(config) for _ in range(c.reward_workers)]
         self.learners = [learner.remote(config, rank, c.learner_ranks) for rank in range(c.learner_ranks)]
+        self.pools = {ROLLOUT: self.rollouts, REWARD: self.rewards}
         self.timeout = c.timeout_s
         self.version = 0
-        self.prefetched: dict[int, tuple] = {}
+        self.transport = c.weight_sync
+        self.prefetched: dict[int, list[Batch]] = {}
+        self.restarts = dict.fromkeys(self.pools, 0)
+        self.reward_timeouts = {r.name: 0 for r in config.rewards}
         self._get([a.ready.remote() for a in self.rollouts + self.rewards + self.learners])
+        self.incarnations = {role: self._get([a.incarnation.remote() for a in actors])
+                             for role, actors in self.pools.items()}
         master = self._get(self.learners[0].rendezvous.remote())
         self._get([w.setup.remote(*master) for w in self.learners])
         if c.weight_sync == "collective":
@@ -313,38 +430,144 @@ class RayTrainer(Trainer):
             world = 1 + len(self.rollouts)
             self._get([self.learners[0].join_weight_sync.remote(host, port, 0, world)]
                       + [w.join_weight_sync.remote(host, port, rank + 1, world) for rank, w in enumerate(self.rollouts)])
-        super().__init__(config, run_dir, log)
-        self.sync_weights()  # version 0: rollout workers start from the learner's weights, whatever they loaded
+        super().__init__(config, run_dir, log, resume)
+        self.sync_weights()  # rollout workers start from the learner's weights, whatever they loaded
 
-    def _get(self, refs):
+    def _get(self, refs, timeout: float | None = None):
         try:
-            return ray.get(refs, timeout=self.timeout)
+            return ray.get(refs, timeout=timeout or self.timeout)
         except ray.exceptions.RayTaskError as exc:
             if isinstance(exc.cause, InputError):  # bad input an actor found: one line, as in one process
                 raise exc.cause from None
             raise
 
-    def _launch(self, iteration: int, records: list[dict], plan: StepPlan) -> tuple[list, list]:
-        config, algo = self.config, self.config.algo
-        metadata = [r for r in records for _ in range(algo.group_size)]
+    def _outcomes(self, refs: list) -> list:
+        """Each call's result or its Ray error, once all have ended (within the timeout)."""
+        if refs:
+            ray.wait(refs, num_returns=len(refs), timeout=self.timeout)
+        out = []
+        for ref in refs:
+            try:
+                out.append(self._get(ref))
+            except ray.exceptions.RayError as exc:
+                out.append(exc)
+        return out
+
+    def _from_learners(self, refs):
+        """ray.get for learner calls. A learner's state lives only in it and in the checkpoints, so its death
+        ends the run, with a message naming where to continue."""
+        try:
+            return self._get(refs)
+        except ray.exceptions.RayActorError as exc:
+            where = (f"the last complete checkpoint is {self.last_checkpoint}: continue with --resume auto"
+                     if self.last_checkpoint else "no checkpoint was written yet")
+            raise FaultError(f"a learner died ({_first_line(exc)}); {where}") from None
+
+    # ---- faults of the restartable roles ----
+    def _recover(self, role: str, index: int) -> None:
+        """Wait until Ray has restarted a failed actor (at most cluster.max_restarts times). A new process is
+        counted once, however many of its calls failed, and a rollout worker without the current weights gets
+        them before it samples again."""
+        actor = self.pools[role][index]
+        deadline = time.time() + self.timeout
+        while True:
+            try:
+                incarnation = self._get(actor.incarnation.remote())
+                if incarnation != self.incarnations[role][index]:
+                    self.incarnations[role][index] = incarnation
+                    self.restarts[role] += 1
+                    self.log(f"{role} worker {index} restarted (process {incarnation[1]})")
+                if role == ROLLOUT and self._get(actor.weight_version.remote()) != self.version:
+                    self._send_weights(index)
+                return
+            except ray.exceptions.ActorDiedError as exc:
+                raise FaultError(f"{role} worker {index} died for good, its restarts used up "
+                                 f"(cluster.max_restarts {self.config.cluster.max_restarts}): {_first_line(exc)}; "
+                                 f"last checkpoint: {self.last_checkpoint or 'none yet'}") from None
+            except ray.exceptions.RayActorError:  # still restarting
+                if time.time() > deadline:
+                    raise FaultError(f"{role} worker {index} did not come back within cluster.timeout_s "
+                                     f"{self.timeout:g} s") from None
+                time.sleep(0.2)
+
+    def _send_weights(self, index: int) -> None:
+        """The current weights to one (restarted) rollout worker, through the object store: a new process cannot
+        join the broadcast group, which from now on is given up."""
+        self._leave_broadcast()
+        holder = self._from_learners([w.publish.remote("object_store") for w in self.learners])[0]
+        self._get(self.rollouts[index].load_weights.remote(self.version, holder))
+
+    def _leave_broadcast(self) -> None:
+        if self.transport == "collective":
+            self.transport = "object_store"
+            self.log("weight sync: a rollout worker restarted and cannot join the broadcast group; weights go "
+                     "through the object store from now on")
+
+    # ---- one iteration ----
+    def _launch(self, iteration: int, records: list[dict], plan: StepPlan) -> list[Batch]:
+        config = self.config
+        metadata = [r for r in records for _ in range(config.algo.group_size)]
         size = config.sampler.batch_size
-        parts, scores = [], []
-        for k, start in enumerate(range(0, len(metadata), size)):
-            chunk = metadata[start: start + size]
-            prompts = [r["prompt"] for r in chunk]
-            worker = self.rollouts[k % len(self.rollouts)]
-            traj_ref, images_ref = worker.generate.options(num_returns=2).remote(
-                prompts, plan, rollout_seed(config.seed, iteration, k), iteration)
-            parts.append(traj_ref)
-            scores.append(self.rewards[k % len(self.rewards)].score.remote(images_ref, prompts, chunk))
-        return parts, scores
+        batches = [Batch(k, iteration, plan, [r["prompt"] for r in chunk], chunk)
+                   for k, chunk in enumerate(metadata[s: s + size] for s in range(0, len(metadata), size))]
+        for batch in batches:
+            self._issue(batch)
+        return batches
+
+    def _issue(self, batch: Batch) -> None:
+        """Submit (again) a batch's generation and every reward term's scoring of its images: each image reference
+        goes straight from rollout to reward."""
+        worker = self.rollouts[batch.index % len(self.rollouts)]
+        batch.traj, batch.images, batch.version_ref = worker.generate.options(num_returns=3).remote(
+            batch.prompts, batch.plan, rollout_seed(self.config.seed, batch.iteration, batch.index),
+            batch.iteration, self.version)
+        batch.scores = [self._score(batch, term) for term in range(len(self.config.rewards))]
+
+    def _score(self, batch: Batch, term: int):
+        scorer = self.rewards[batch.index % len(self.rewards)]
+        return scorer.score.remote(term, batch.images, batch.prompts, batch.metadata)
 
     def rollout_and_score(self, iteration: int, records: list[dict], plan: StepPlan):
-        parts, scores = self.prefetched.pop(iteration, None) or self._launch(iteration, records, plan)
-        per_batch = self._get(scores)
+        batches = self.prefetched.pop(iteration, None) or self._launch(iteration, records, plan)
+        per_batch = [self._settle(batch) for batch in batches]
         terms = [(np.concatenate([b[i][0] for b in per_batch]), np.concatenate([b[i][1] for b in per_batch]),
-                  per_batch[0][i][2]) for i in range(len(per_batch[0]))]
-        return parts, terms
+                  reward.weight) for i, reward in enumerate(self.config.rewards)]
+        return batches, terms
+
+    def _settle(self, batch: Batch) -> list[tuple[np.ndarray, np.ndarray]]:
+        """A batch's generation, then its scores per term. Batches are settled in order, so every earlier call on
+        the same reward worker has ended when a term's wait starts, and its timeout measures that call alone."""
+        while batch.version is None:
+            try:
+                batch.version = self._get(batch.version_ref)
+            except RESTARTED:
+                self._recover(ROLLOUT, batch.index % len(self.rollouts))
+                self._issue(batch)
+        return [self._settle_score(batch, term) for term in range(len(self.config.rewards))]
+
+    def _settle_score(self, batch: Batch, term: int) -> tuple[np.ndarray, np.ndarray]:
+        """One term's (scores, valid) for a batch. A call that hangs past cluster.reward_timeout_s has its worker
+        restarted (nothing else frees it); hung or failed calls are retried cluster.reward_retries times, after
+        which the batch stays unscored by this reward (invalid samples, counted in reward_failures)."""
+        c, name = self.config.cluster, self.config.rewards[term].name
+        scorer = batch.index % len(self.rewards)
+        failures = 0
+        while True:
+            try:
+                return self._get(batch.scores[term], timeout=c.reward_timeout_s)
+            except ray.exceptions.GetTimeoutError:
+                self.reward_timeouts[name] += 1
+                ray.kill(self.rewards[scorer], no_restart=False)
+                self._recover(REWARD, scorer)
+                failures += 1
+            except ray.exceptions.RayActorError:  # its worker died under it: not the reward's failure
+                self._recover(REWARD, scorer)
+            except ray.exceptions.RayTaskError as exc:
+                self.log(f"reward {name} failed on a batch of iteration {batch.iteration + 1}: {_first_line(exc)}")
+                failures += 1
+            if failures > c.reward_retries:
+                return np.full(len(batch.prompts), np.nan), np.zeros(len(batch.prompts), dtype=bool)
+            batch.scores[term] = self._score(batch, term)
 
     def update(self, iteration, handle, advantages, usable, plan):
         config = self.config
@@ -356,30 +579,71 @@ class RayTrainer(Trainer):
             records = training_records(config.seed, nxt, config.algo.prompts_per_iteration, self.pool)
             self.prefetched[nxt] = self._launch(nxt, records, step_plan(config.algo.steps, config.sampler.steps,
                                                                         nxt, config.seed))
-        metrics = self._get([w.update.remote(iteration, handle, advantages, usable, plan.trained)
-                             for w in self.learners])[0]
+        parts, versions = [b.traj for b in handle], [b.version for b in handle]
+        metrics = self._from_learners([w.update.remote(iteration, parts, versions, advantages, usable, plan.trained)
+                                       for w in self.learners])[0]
         self.version = metrics["weight_version"]
         return {**metrics, "sync_s": round(self.sync_weights(), 4)}
 
     def sync_weights(self) -> float:
-        """Learner -> rollout workers; returns the seconds it took. Workers swap weights between batches."""
+        """Learner -> rollout workers; returns the seconds it took. Workers swap weights between batches. A
+        broadcast that a dead worker broke is done again through the object store."""
         start = time.time()
-        publish = [w.publish.remote() for w in self.learners]
-        if self.config.cluster.weight_sync == "collective":
-            self._get(publish + [w.receive_weights.remote() for w in self.rollouts])
-        else:
-            holder = self._get(publish)[0]
-            self._get([w.load_weights.remote(self.version, holder) for w in self.rollouts])
+        if self.transport == "collective":
+            publish = [w.publish.remote("collective") for w in self.learners]
+            self._sync_rollouts([w.receive_weights.remote() for w in self.rollouts], publish)
+        if self.transport == "object_store":
+            holder = self._from_learners([w.publish.remote("object_store") for w in self.learners])[0]
+            self._sync_rollouts([w.load_weights.remote(self.version, holder) for w in self.rollouts])
         return time.time() - start
 
+    def _sync_rollouts(self, calls: list, publish: list = ()) -> None:
+        """Settle one weight-sync call per rollout worker (and the learners' publish). A worker that restarted is
+        recovered, and gets the weights then; any other failure is raised, a learner's first."""
+        outcomes = self._outcomes(calls)
+        restarted = [i for i, out in enumerate(outcomes) if isinstance(out, RESTARTED)]
+        if restarted:
+            self._leave_broadcast()  # the group lost a member: the others missed this broadcast too
+            self._outcomes(list(publish))  # the learner's side of the broken broadcast failed as well
+            for index in restarted:
+                self._recover(ROLLOUT, index)
+            return
+        self._from_learners(list(publish))
+        for out in outcomes:
+            if isinstance(out, Exception):
+                raise out
+
     def evaluate_split(self, records, steps):
-        return self._get(self.rollouts[0].evaluate.remote(records, steps))
+        return self._ask_rollout("evaluate", records, steps)
 
     def learned_schedule(self, steps, prompts):
-        return self._get(self.rollouts[0].learned_schedule.remote(steps, prompts))
+        return self._ask_rollout("learned_schedule", steps, prompts)
 
-    def checkpoint(self, iteration: int) -> None:
-        self._get([w.save_checkpoint.remote(str(self.run.path), iteration) for w in self.learners])
+    def _ask_rollout(self, method: str, *args):
+        """A call on rollout worker 0 with the current weights, issued again if the worker restarted."""
+        while True:
+            try:
+                return self._get(getattr(self.rollouts[0], method).remote(*args, self.version))
+            except RESTARTED:
+                self._recover(ROLLOUT, 0)
+
+    # ---- checkpoints and fault counts ----
+    def save_learner(self, folder: Path) -> None:
+        self._from_learners([w.save_checkpoint.remote(str(folder)) for w in self.learners])
+
+    def load_learner(self, folder: Path, state: dict) -> None:
+        self.version = state["weight_version"]
+        self._from_learners([w.load_checkpoint.remote(str(folder), self.version) for w in self.learners])
+
+    def runtime_state(self) -> dict:
+        return {"weight_version": self.version}
+
+    def runtime_metrics(self) -> dict:
+        """This iteration's fault counts, then reset: rows hold counts per iteration, not running totals."""
+        row = {"actor_restarts": self.restarts, "reward_timeouts": self.reward_timeouts}
+        self.restarts = dict.fromkeys(self.restarts, 0)
+        self.reward_timeouts = dict.fromkeys(self.reward_timeouts, 0)
+        return row
 
     def shutdown(self) -> None:
         """End this run's actors (the Ray session stays up for the next run in this process)."""

@@ -1,10 +1,13 @@
 """The training loop both runtimes share: prompts, step plans, advantages, logging, evaluation cadence, plots,
-checkpoint cadence. A runtime decides only where rollouts, scoring, updates and evaluations run."""
+checkpoints and resuming, reward-fault accounting. A runtime decides only where rollouts, scoring, updates and
+evaluations run, and how its learner state is saved."""
 
 from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -13,13 +16,16 @@ from tqdm import tqdm
 
 from cogrpo.cluster.metrics import MetricsSink
 from cogrpo.cluster.plots import plot_rewards, plot_schedule
-from cogrpo.cluster.run_dir import RunDir
+from cogrpo.cluster.run_dir import RunDir, run_path
 from cogrpo.data.geneval import read_metadata, resolve_metadata_path
 from cogrpo.data.grid import image_grid
 from cogrpo.data.prompts import training_records
 from cogrpo.learner.advantages import group_advantages
+from cogrpo.learner.checkpoint import (checkpoints_root, commit_checkpoint, latest_checkpoint, load_rng, mark_latest,
+                                       read_state, save_rng, staging_folder)
 from cogrpo.models.schedule_policy import PolicySchedule, SchedulePolicy
 from cogrpo.proto.config import Config
+from cogrpo.proto.errors import InputError
 from cogrpo.rollout.collect import group_ids
 from cogrpo.rollout.evaluate import judge_images
 from cogrpo.rollout.schedule import HandSchedule, Schedule, hand_knobs
@@ -43,6 +49,54 @@ def reward_stats(config: Config, terms) -> dict:
     return row
 
 
+def mask_unscored(terms) -> list:
+    """A NaN (or infinite) score is no score: it counts as invalid everywhere after this."""
+    return [(scores, valid & np.isfinite(scores), weight) for scores, valid, weight in terms]
+
+
+def fault_stats(config: Config, terms, groups: np.ndarray, usable: np.ndarray) -> dict:
+    """`reward_failures`: per reward, the samples it could not score (invalid, NaN or a failed call);
+    `dropped_groups`: prompt groups left with fewer than two samples every reward scored, so out of the update."""
+    return {"reward_failures": {r.name: int((~valid).sum()) for r, (_, valid, _) in zip(config.rewards, terms)},
+            "dropped_groups": len(np.unique(groups)) - len(np.unique(groups[usable]))}
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where a resumed run continues: its run directory and the checkpoint with that checkpoint's driver state
+    (checkpoint None: the run has none yet, so it starts over in its directory)."""
+
+    run: Path
+    checkpoint: Path | None
+    state: dict
+
+
+def resume_point(config: Config, run_dir: str | None, resume: str | None) -> ResumePoint | None:
+    """`resume`: None (a new run), "auto" (the run's latest complete checkpoint, if any) or a checkpoint folder of
+    the run. Cheap, so a runtime with something slow to start checks it first: a run with nothing left to do, or
+    a checkpoint of the other runtime (their learner states differ), fails at once."""
+    if resume is None:
+        return None
+    if not (run_dir or config.train.run_dir):
+        raise InputError("--resume needs the run to continue: --run-dir (or train.run_dir)")
+    path = run_path(config, run_dir)
+    checkpoint = latest_checkpoint(path) if resume == "auto" else Path(resume)
+    if checkpoint is None:
+        return ResumePoint(path, None, {})
+    if checkpoint.resolve().parent != checkpoints_root(path).resolve():
+        raise InputError(f"--resume {resume}: not a checkpoint folder of run directory {path} "
+                         "(<run>/checkpoints/iter_NNNNNN)")
+    state = read_state(checkpoint)
+    if state.get("runtime") != config.runtime:
+        raise InputError(f"checkpoint {checkpoint} was written by runtime {state.get('runtime')}, not "
+                         f"{config.runtime}: resume it with --set runtime={state.get('runtime')}")
+    if state["iteration"] >= config.train.iterations:
+        raise InputError(f"nothing to do: checkpoint {checkpoint} is at iteration {state['iteration']} and "
+                         f"train.iterations is {config.train.iterations} (ask for more with --set "
+                         "train.iterations=N)")
+    return ResumePoint(path, checkpoint, state)
+
+
 def read_prompt_sets(config: Config) -> tuple[list[dict] | None, dict[str, list[dict]]]:
     """The RL prompt pool (None: the generated train split) and the evaluation sets, validated. A runtime with
     something slow to start (a Ray cluster) calls this first, so a bad file fails at once."""
@@ -51,16 +105,34 @@ def read_prompt_sets(config: Config) -> tuple[list[dict] | None, dict[str, list[
 
 
 class Trainer(ABC):
-    def __init__(self, config: Config, run_dir: str | None = None, log: Callable[[str], None] = print):
+    last_checkpoint: Path | None = None  # the newest complete checkpoint this run wrote or resumed from
+
+    def __init__(self, config: Config, run_dir: str | None = None, log: Callable[[str], None] = print,
+                 resume: str | None = None):
+        """resume: None for a new run (its directory must be new or empty), "auto" or a checkpoint folder to
+        continue the run in `run_dir` (see `resume_point`)."""
         self.config, self.log = config, log
         self.pool, self.eval_sets = read_prompt_sets(config)
+        self.resumed = resume_point(config, run_dir, resume)
+        self.start = 0  # the first iteration this process runs
         # before the run directory, and closed if that is refused: a port in use leaves nothing behind
         self.metrics = MetricsSink(config.metrics, ray_export=config.runtime == "ray")
         try:
-            self.run = RunDir.create(config, run_dir)
+            self.run = self._open_run(run_dir)
         except BaseException:
             self.metrics.close()
             raise
+
+    def _open_run(self, run_dir: str | None) -> RunDir:
+        """A new run's directory, or a resumed run's once its learner state has loaded (a checkpoint that does not
+        load leaves the directory as it was)."""
+        point = self.resumed
+        if point is None:
+            return RunDir.create(self.config, run_dir)
+        if point.checkpoint is None:
+            return RunDir.reopen(self.config, point.run, through=-1)
+        self.restore(point)
+        return RunDir.reopen(self.config, point.run, through=self.start)
 
     # ---- what a runtime provides ----
     @abstractmethod
@@ -81,10 +153,34 @@ class Trainer(ABC):
         """(steps, len(KNOBS)): the schedule policy's mean knobs per step, for the plot."""
 
     @abstractmethod
-    def checkpoint(self, iteration: int) -> None: ...
+    def save_learner(self, folder: Path) -> None:
+        """Write the learner's parts of a checkpoint (weights, optimizer states) into the staging folder."""
+
+    @abstractmethod
+    def load_learner(self, folder: Path, state: dict) -> None:
+        """Load what `save_learner` wrote; state is the checkpoint's driver state."""
 
     def runtime_metrics(self) -> dict:
         return {}
+
+    def runtime_state(self) -> dict:
+        """What the runtime's driver adds to a checkpoint's state.json."""
+        return {}
+
+    # ---- checkpoints ----
+    def save_checkpoint(self, iteration: int) -> None:
+        folder = staging_folder(self.run.path, iteration)
+        self.save_learner(folder)
+        save_rng(folder)
+        self.last_checkpoint = commit_checkpoint(self.run.path, iteration, {
+            "seed": self.config.seed, "runtime": self.config.runtime, **self.runtime_state()})
+
+    def restore(self, point: ResumePoint) -> None:
+        self.last_checkpoint = point.checkpoint
+        self.load_learner(point.checkpoint, point.state)
+        load_rng(point.checkpoint)
+        mark_latest(point.checkpoint)  # resuming an older checkpoint: `latest` follows the run's new course
+        self.start = point.state["iteration"]
 
     # ---- the loop ----
     def iterate(self, iteration: int) -> dict:
@@ -94,11 +190,13 @@ class Trainer(ABC):
         plan = step_plan(algo.steps, config.sampler.steps, iteration, config.seed)
         handle, terms = self.rollout_and_score(iteration, records, plan)
         rollout_s = time.time() - start
+        terms = mask_unscored(terms)
         groups = group_ids(len(records), algo.group_size).numpy()
         adv, usable = group_advantages(terms, groups, algo.adv_eps, algo.adv_clip)
         update_start = time.time()
         metrics = self.update(iteration, handle, adv, usable, plan)
         row = {"iteration": iteration + 1, **reward_stats(config, terms),
+               **fault_stats(config, terms, groups, usable),
                "adv_std": float(adv[usable].std()) if usable.any() else 0.0,
                "rollout_s": round(rollout_s, 3), "update_s": round(time.time() - update_start, 3),
                "iteration_s": round(time.time() - start, 3), "images": len(groups),
@@ -137,16 +235,23 @@ class Trainer(ABC):
         one line per iteration."""
         config = self.config
         total = config.train.iterations
-        bar = tqdm(total=total, desc=config.algo.mode, unit="it", disable=None, dynamic_ncols=True)
+        bar = tqdm(total=total, initial=self.start, desc=config.algo.mode, unit="it", disable=None,
+                   dynamic_ncols=True)
         say = self.log if bar.disable else bar.write
         say(f"run directory: {self.run.path}")
+        if self.start:
+            say(f"resumed from {self.resumed.checkpoint} (iteration {self.start})")
         if self.metrics.url:
             say(f"metrics: {self.metrics.url}")
-        if config.train.eval_at_start:
+        if config.train.eval_at_start and self.start == 0:
             say("iteration 0: " + self._eval_line(self.evaluate(0)))
         evals: list[dict] = []
-        for iteration in range(total):
+        for iteration in range(self.start, total):
             row = self.iterate(iteration)
+            if row["dropped_groups"]:
+                say(f"warning: iteration {iteration + 1}: {row['dropped_groups']} of "
+                    f"{config.algo.prompts_per_iteration} prompt groups dropped (fewer than two samples every "
+                    f"reward could score; unscored samples per reward: {row['reward_failures']})")
             rewards = "  ".join(f"{k[7:]} {v:.3f}" for k, v in row.items() if k.startswith("reward/"))
             phase = "+".join(p for p, on in (("theta", row.get("train_theta")), ("phi", row.get("train_phi"))) if on)
             extra = f"  staleness {row['staleness']:.1f}" if "staleness" in row else ""
@@ -162,7 +267,7 @@ class Trainer(ABC):
                 say(f"iteration {done}: " + self._eval_line(evals))
                 plot_rewards(self.run.metrics, self.run.evals, self.run.path / "reward_curve.png")
             if done % config.train.checkpoint_every == 0 or done == total:
-                self.checkpoint(done)
+                self.save_checkpoint(done)
         bar.close()
         return evals
 

@@ -1,12 +1,33 @@
-"""RL checkpoints: checkpoints/iter_NNNNNN/{model,schedule_policy}.safetensors + state.json, and a `latest`
-marker that is rewritten atomically only after the folder is complete."""
+"""RL checkpoints: `checkpoints/iter_NNNNNN/` holds everything a run needs to continue exactly where it stopped, and
+a `latest` marker names the newest complete one.
+
+Each part is written by the process that owns it into a staging folder (`.iter_NNNNNN.partial`); the driver then
+writes `state.json`, renames the folder and rewrites `latest` (temp file + os.replace), so a job killed at any
+moment leaves `latest` naming a complete checkpoint:
+
+| file | written by | holds |
+| --- | --- | --- |
+| `model.safetensors`, `schedule_policy.safetensors` | the learner (rank 0) | both policies' weights |
+| `optimizers.pt` | the learner (rank 0) | optimizer states by policy: theta and phi in one process; phi under Ray |
+| `deepspeed/` | every learner rank (Ray) | DeepSpeed's checkpoint: theta's ZeRO-partitioned optimizer state |
+| `rng.pt` | the driver | its torch, numpy and python RNG states |
+| `state.json` | the driver | iteration, seed, runtime, weight version |
+
+Weights are read only as safetensors, everything else only with torch.load(weights_only=True), so no file runs
+pickled code. The prompts need no saved state: `training_records(seed, iteration)` is a pure function of the two.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
+import random
 import shutil
 from pathlib import Path
+
+import numpy as np
+import torch
 
 from cogrpo.models.checkpoint import LATEST, MODEL_FILE, load_state_into, load_tensors, save_model, save_tensors
 from cogrpo.models.schedule_policy import SchedulePolicy
@@ -14,26 +35,76 @@ from cogrpo.proto.config import SchedulePolicyConfig
 from cogrpo.proto.errors import InputError
 
 POLICY_FILE = "schedule_policy.safetensors"
+OPTIMIZERS_FILE = "optimizers.pt"
+RNG_FILE = "rng.pt"
 STATE_FILE = "state.json"
+DEEPSPEED_DIR = "deepspeed"
 
 
-def save_checkpoint(run_dir: Path, iteration: int, model, policy: SchedulePolicy, state: dict,
-                    model_state: dict | None = None) -> Path:
-    root = Path(run_dir) / "checkpoints"
-    name = f"iter_{iteration:06d}"
-    staging = root / f".{name}.partial"
+def checkpoints_root(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def staging_folder(run_dir: str | Path, iteration: int) -> Path:
+    """An empty folder for the parts of the checkpoint at `iteration` (a leftover from a killed job is cleared)."""
+    staging = checkpoints_root(run_dir) / f".iter_{iteration:06d}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    save_model(model, staging / MODEL_FILE, model_state)
-    save_tensors(staging / POLICY_FILE, policy.state_dict(), {"config": policy.config.model_dump_json()})
+    return staging
+
+
+def commit_checkpoint(run_dir: str | Path, iteration: int, state: dict) -> Path:
+    """Complete the staged checkpoint: its state.json last, then the folder under its final name, then `latest`."""
+    root = checkpoints_root(run_dir)
+    name = f"iter_{iteration:06d}"
+    staging = root / f".{name}.partial"
     (staging / STATE_FILE).write_text(json.dumps({"iteration": iteration, **state}))
     final = root / name
     shutil.rmtree(final, ignore_errors=True)
     staging.rename(final)
-    marker = root / f".{LATEST}.tmp"
-    marker.write_text(name)
-    os.replace(marker, root / LATEST)
+    mark_latest(final)
     return final
+
+
+def mark_latest(folder: Path) -> None:
+    """Point `latest` at a complete checkpoint folder, atomically."""
+    marker = folder.parent / f".{LATEST}.tmp"
+    marker.write_text(folder.name)
+    os.replace(marker, folder.parent / LATEST)
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    marker = checkpoints_root(run_dir) / LATEST
+    return marker.parent / marker.read_text().strip() if marker.is_file() else None
+
+
+def read_state(folder: Path) -> dict:
+    """The driver's state of a complete checkpoint folder."""
+    path = Path(folder) / STATE_FILE
+    if not path.is_file():
+        raise InputError(f"{folder} is not a complete checkpoint (no {STATE_FILE})")
+    try:
+        state = json.loads(path.read_text())
+        int(state["iteration"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"checkpoint state {path} is not valid ({exc})") from None
+    return state
+
+
+def save_weights(folder: Path, model, policy: SchedulePolicy, model_state: dict | None = None) -> None:
+    """model_state: the full tensors when the module's own are partitioned (ZeRO-3)."""
+    save_model(model, folder / MODEL_FILE, model_state)
+    save_tensors(folder / POLICY_FILE, policy.state_dict(), {"config": policy.config.model_dump_json()})
+
+
+def load_model_weights(folder: Path, model: torch.nn.Module) -> None:
+    path = Path(folder) / MODEL_FILE
+    load_state_into(model, load_tensors(path)[0], str(path))
+
+
+def load_policy_weights(folder: Path, policy: SchedulePolicy) -> None:
+    path = Path(folder) / POLICY_FILE
+    load_state_into(policy, load_tensors(path)[0], str(path))
 
 
 def load_policy(folder: Path, prompt_dim: int) -> SchedulePolicy | None:
@@ -49,3 +120,52 @@ def load_policy(folder: Path, prompt_dim: int) -> SchedulePolicy | None:
     policy = SchedulePolicy(config, prompt_dim)
     load_state_into(policy, tensors, str(path))
     return policy
+
+
+def read_torch_file(path: Path) -> object:
+    """torch.load with weights_only=True: tensors and plain data only, so a tampered file cannot run code."""
+    if not path.is_file():
+        raise InputError(f"checkpoint file not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
+        raise InputError(f"checkpoint file {path} is not readable ({str(exc).strip().splitlines()[-1]})") from None
+
+
+def save_optimizers(folder: Path, optimizers: dict[str, torch.optim.Optimizer]) -> None:
+    torch.save({name: opt.state_dict() for name, opt in optimizers.items()}, folder / OPTIMIZERS_FILE)
+
+
+def load_optimizers(folder: Path, optimizers: dict[str, torch.optim.Optimizer]) -> None:
+    saved = read_torch_file(Path(folder) / OPTIMIZERS_FILE)
+    for name, optimizer in optimizers.items():
+        if name not in saved:
+            raise InputError(f"checkpoint {folder} holds no optimizer state for {name}")
+        optimizer.load_state_dict(saved[name])
+
+
+def rng_state() -> dict:
+    """This process's torch (and CUDA), numpy and python RNG states, in types weights_only loading reads back."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss)}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_rng(folder: Path) -> None:
+    torch.save(rng_state(), folder / RNG_FILE)
+
+
+def load_rng(folder: Path) -> None:
+    set_rng_state(read_torch_file(Path(folder) / RNG_FILE))

@@ -286,6 +286,12 @@ class ClusterConfig(Section):
     weight_sync: Literal["collective", "object_store"] = "collective"
     max_staleness: int = Field(0, ge=0, le=1)
     timeout_s: float = Field(600.0, gt=0)
+    # faults: Ray restarts a dead rollout or reward worker this many times (its lost calls are issued again); a
+    # reward call is declared hung after reward_timeout_s (its worker is restarted), and a hung or failed call is
+    # retried reward_retries times before its samples are left unscored
+    max_restarts: int = Field(3, ge=0)
+    reward_timeout_s: float = Field(300.0, gt=0)
+    reward_retries: int = Field(1, ge=0)
 
 
 class MetricsConfig(Section):

@@ -32,11 +32,14 @@ def build_reward(config: RewardConfig) -> Reward:
     raise ValueError(f"unknown reward kind {config.kind!r}")
 
 
+def score_one(reward: Reward, images: np.ndarray, prompts: list[str],
+              metadata: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, valid) of one reward, as float64 and bool arrays."""
+    scores, valid = reward.score(images, prompts, metadata)
+    return np.asarray(scores, dtype=np.float64), np.asarray(valid, dtype=bool)
+
+
 def score_all(rewards: list[tuple[Reward, float]], images: np.ndarray, prompts: list[str],
               metadata: list[dict]) -> list[tuple[np.ndarray, np.ndarray, float]]:
     """(scores, valid, weight) per reward term, in order."""
-    terms = []
-    for reward, weight in rewards:
-        scores, valid = reward.score(images, prompts, metadata)
-        terms.append((np.asarray(scores, dtype=np.float64), np.asarray(valid, dtype=bool), weight))
-    return terms
+    return [(*score_one(reward, images, prompts, metadata), weight) for reward, weight in rewards]

@@ -92,3 +92,17 @@ def test_two_nodes_rollout_and_learner_apart_with_weights_synced(tmp_path, tiny)
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+def test_one_step_off_overlaps_rollouts_and_corrects_the_stale_samples(tmp_path, tiny, local_ray):
+    config = tiny(*RAY, "train.iterations=3", "cluster.max_staleness=1", "algo.update=joint",
+                  "cluster.rollout_cpus=0.5", "cluster.learner_cpus=0.5")
+    trainer = RayTrainer(config, str(tmp_path / "run"), log=lambda line: None)
+    trainer.train()
+    rows = trainer.run.metrics
+    assert [r["weight_version"] for r in rows] == [1, 2, 3]
+    # iteration 1's rollouts ran on version 0 as the learner did; each later batch was launched before the
+    # update that precedes it, so it is exactly one version behind, and every sample of it is counted stale
+    assert [r["stale_samples"] for r in rows] == [0, rows[1]["images"], rows[2]["images"]]
+    assert [r["staleness"] for r in rows] == [0.0, 1.0, 1.0]
+    assert all(np.isfinite(r["loss_theta"]) and np.isfinite(r["loss_phi"]) for r in rows)

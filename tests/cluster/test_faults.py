@@ -1,0 +1,171 @@
+"""Faults: killed rollout workers restart and their batches are issued again with the same seeds (same samples as
+an undisturbed run); hung rewards time out, are retried, then left unscored; NaN scores are masked and thin groups
+dropped; a dead learner ends the run naming the last checkpoint."""
+
+import os
+import signal
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+
+from cogrpo.cli import COMMANDS, main
+from cogrpo.cluster.local import LocalTrainer
+from cogrpo.data.prompts import training_records
+from cogrpo.proto.errors import FaultError
+from cogrpo.rewards.shapes import ShapesReward
+
+RAY = ["runtime=ray", "sampler.batch_size=4", "train.eval_at_start=false", "cluster.rollout_cpus=0.5",
+       "cluster.learner_cpus=0.5", "cluster.timeout_s=60"]
+
+
+@pytest.fixture
+def ray_runtime():
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("deepspeed")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    from cogrpo.cluster import ray_runtime
+
+    yield ray_runtime
+    ray.shutdown()
+
+
+def kill(actor) -> None:
+    """SIGKILL an actor's process, as the OOM killer or a crash would."""
+    import ray
+
+    os.kill(ray.get(actor.incarnation.remote())[1], signal.SIGKILL)
+
+
+def test_killed_rollout_workers_restart_and_their_batches_come_out_the_same(tmp_path, tiny, ray_runtime):
+    class KillsRolloutWorkers(ray_runtime.RayTrainer):
+        """Kills worker 1 just before the weight broadcast after the first update, and worker 0 while it
+        generates the last iteration's first batch."""
+
+        def sync_weights(self):
+            if self.version == 1:
+                kill(self.rollouts[1])
+            return super().sync_weights()
+
+        def _launch(self, iteration, records, plan):
+            batches = super()._launch(iteration, records, plan)
+            if iteration == 2:
+                kill(self.rollouts[0])
+            return batches
+
+    config = tiny(*RAY, "train.iterations=3", "cluster.rollout_workers=2", "algo.update=joint")
+    lines = []
+    faulty = KillsRolloutWorkers(config, str(tmp_path / "ray"), log=lines.append)
+    faulty.train()
+    assert "rollout worker 1 restarted" in "\n".join(lines) and "rollout worker 0 restarted" in "\n".join(lines)
+    local = LocalTrainer(config, str(tmp_path / "local"), log=lambda line: None)
+    local.train()
+    rows = faulty.run.metrics
+    assert [r["actor_restarts"] for r in rows] == [{"rollout": 1, "reward": 0}, {"rollout": 0, "reward": 0},
+                                                   {"rollout": 1, "reward": 0}]
+    assert faulty.transport == "object_store"  # a new process cannot join the broadcast group
+    for ray_row, local_row in zip(rows, local.run.metrics):
+        assert ray_row["usable"] == ray_row["images"] == 8 and ray_row["dropped_groups"] == 0
+        for key in ("reward/shapes_strict", "reward/shapes_partial", "adv_std"):  # the same samples
+            assert ray_row[key] == local_row[key], key
+        assert ray_row["loss_theta"] == pytest.approx(local_row["loss_theta"], abs=1e-5)
+
+
+class StallingJudge:
+    """An OpenAI-style chat server scoring every image 5, except that it stalls (until closed) the first request
+    for one prompt and every request for another."""
+
+    def __init__(self, stall_once: str, stall_always: str):
+        self.release, self.lock, self.stalled_once = threading.Event(), threading.Lock(), False
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"])).decode()
+                with owner.lock:
+                    stall = stall_always in body or (stall_once in body and not owner.stalled_once)
+                    owner.stalled_once |= stall_once in body
+                if stall:
+                    owner.release.wait(120)
+                    return
+                data = b'{"choices": [{"message": {"role": "assistant", "content": "5"}}]}'
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.http.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.http.server_address[1]}/v1"
+        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.release.set()
+        self.http.shutdown()
+        self.http.server_close()
+
+
+def test_hung_reward_calls_time_out_are_retried_then_left_unscored(tmp_path, tiny, ray_runtime):
+    first, second = (r["prompt"] for r in training_records(0, 0, 2))
+    judge = StallingJudge(stall_once=first, stall_always=second)
+    try:
+        config = tiny(*RAY, "train.iterations=1", "cluster.reward_timeout_s=2", "cluster.reward_retries=1",
+                      "cluster.max_restarts=5", "algo.mode=schedule_only",
+                      f"rewards=[{{kind: vlm_judge, judge: {{base_url: '{judge.url}', model: judge, retries: 0}}}}]")
+        trainer = ray_runtime.RayTrainer(config, str(tmp_path / "run"), log=lambda line: None)
+        trainer.train()
+    finally:
+        judge.close()
+    row = trainer.run.metrics[0]
+    # the first group's call hung once, then scored; the second's hung on both attempts and stays unscored
+    assert row["reward_timeouts"] == {"vlm_judge_judge": 3}
+    assert row["actor_restarts"] == {"rollout": 0, "reward": 3}  # a hung worker is freed by a restart
+    assert row["reward_failures"] == {"vlm_judge_judge": 4}
+    assert row["dropped_groups"] == 1 and row["usable"] == 4 and row["reward/vlm_judge_judge"] == 5.0
+
+
+def test_nan_scores_are_masked_and_a_group_left_with_one_sample_is_dropped(tmp_path, tiny, monkeypatch):
+    score = ShapesReward.score
+
+    def first_three_nan(self, images, prompts, metadata):
+        scores, valid = score(self, images, prompts, metadata)
+        return np.where(np.arange(len(scores)) < 3, np.nan, scores), valid
+
+    monkeypatch.setattr(ShapesReward, "score", first_three_nan)
+    lines = []
+    trainer = LocalTrainer(tiny("runtime=local", "train.iterations=1", "algo.mode=schedule_only",
+                                "train.eval_at_start=false"), str(tmp_path / "run"), log=lines.append)
+    trainer.train()
+    row = trainer.run.metrics[0]
+    assert row["reward_failures"] == {"shapes_strict": 3, "shapes_partial": 3}
+    assert row["dropped_groups"] == 1 and row["usable"] == 4
+    assert np.isfinite(row["reward/shapes_strict"]) and np.isfinite(row["loss_phi"])
+    assert any("1 of 2 prompt groups dropped" in line for line in lines)
+
+
+def test_a_dead_learner_ends_the_run_naming_the_last_checkpoint(tmp_path, tiny, ray_runtime):
+    class KillsItsLearner(ray_runtime.RayTrainer):
+        def save_checkpoint(self, iteration):
+            super().save_checkpoint(iteration)
+            kill(self.learners[0])
+
+    config = tiny(*RAY, "train.checkpoint_every=1")
+    trainer = KillsItsLearner(config, str(tmp_path / "run"), log=lambda line: None)
+    with pytest.raises(FaultError, match=r"a learner died .*last complete checkpoint is .*iter_000001: continue "
+                                         r"with --resume auto"):
+        trainer.train()
+
+
+def test_a_fault_exits_1_with_one_line(monkeypatch, capsys):
+    def fails(args):
+        raise FaultError("a learner died; the last complete checkpoint is runs/x/checkpoints/iter_000003")
+
+    monkeypatch.setitem(COMMANDS, "train", fails)
+    assert main(["train"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "iter_000003" in err
