@@ -34,6 +34,21 @@ def _ray(*args: str, timeout: float = 120) -> str:
     return done.stdout + done.stderr
 
 
+def _submit(address: str, command: list[str], patience_s: float = 120) -> str:
+    """`ray job submit`, retried while the head's job agent is still starting (Ray answers "No available agent
+    to submit job, please try again later" for a while after `ray start` on a busy machine)."""
+    deadline = time.time() + patience_s
+    while True:
+        done = subprocess.run([str(BIN / "ray"), "job", "submit", "--address", address, "--no-wait",
+                               "--working-dir", ".", "--", *command], env=ENV, cwd=REPO, capture_output=True,
+                              text=True, timeout=120)
+        out = done.stdout + done.stderr
+        if done.returncode == 0 or "No available agent" not in out or time.time() > deadline:
+            assert done.returncode == 0, f"ray job submit failed:\n{out[-3000:]}"
+            return out
+        time.sleep(3)
+
+
 @pytest.fixture
 def two_node_cluster():
     temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # Ray's socket paths must stay under 107 bytes
@@ -63,7 +78,7 @@ def test_ray_job_submit_runs_the_smoke_config_on_two_nodes(two_node_cluster, eva
     command = ["python", "-m", "cogrpo.train", "--config", "configs/smoke-cpu.yaml", "--run-dir", str(run_dir)]
     for item in overrides:
         command += ["--set", item]
-    out = _ray("job", "submit", "--address", two_node_cluster, "--no-wait", "--working-dir", ".", "--", *command)
+    out = _submit(two_node_cluster, command)
     job = re.search(r"raysubmit_\w+", out).group(0)
     deadline, status = time.time() + 420, ""
     while time.time() < deadline:
