@@ -1,9 +1,65 @@
+import json
 import os
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
 
 torch.set_num_threads(int(os.environ.get("COGRPO_TEST_THREADS", "2")))
+
+
+class ChatServer:
+    """A real OpenAI-style chat completions server on the loopback address. `respond(body)` gets each request's
+    JSON body and returns the assistant's text, an HTTP error status, or None to drop the connection unanswered.
+    requests: (path, headers, body) of every request."""
+
+    def __init__(self, respond):
+        self.respond, self.requests = respond, []
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                owner.requests.append((self.path, dict(self.headers), body))
+                reply = respond(body)
+                if reply is None:
+                    self.close_connection = True
+                elif isinstance(reply, int):
+                    self.send_error(reply)
+                else:
+                    data = json.dumps({"choices": [{"message": {"role": "assistant", "content": reply}}]}).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+
+        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.http.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.http.server_address[1]}/v1"
+        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.http.shutdown()
+        self.http.server_close()
+
+
+@pytest.fixture
+def chat_server():
+    """Start ChatServers with `chat_server(respond)`; all are closed after the test."""
+    servers = []
+
+    def start(respond) -> ChatServer:
+        servers.append(ChatServer(respond))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
 
 
 @pytest.fixture(scope="session")

@@ -4,8 +4,6 @@ the distributed runtime must match, and it calls the same rollout and learner fu
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
-
 import numpy as np
 import torch
 
@@ -17,7 +15,6 @@ from cogrpo.learner.cogrpo import Learner, ScoredBatch
 from cogrpo.models.checkpoint import build_model
 from cogrpo.models.interface import compute_device
 from cogrpo.models.schedule_policy import SchedulePolicy
-from cogrpo.proto.config import Config
 from cogrpo.rewards.registry import build_reward, score_all
 from cogrpo.rollout.collect import collect
 from cogrpo.rollout.evaluate import evaluate
@@ -26,15 +23,14 @@ from cogrpo.rollout.steps import StepPlan
 
 
 class LocalTrainer(Trainer):
-    def __init__(self, config: Config, run_dir: str | None = None, log: Callable[[str], None] = print,
-                 resume: str | None = None):
+    def start_runtime(self) -> None:
+        config = self.config
         torch.set_num_threads(config.threads)
         torch.manual_seed(config.seed)
         self.model = build_model(config.model).to(compute_device())
         self.policy = SchedulePolicy(config.schedule_policy, self.model.prompt_feature_dim)
         self.learner = Learner(self.model, self.policy, config)
         self.rewards = [(build_reward(r), r.weight) for r in config.rewards]
-        super().__init__(config, run_dir, log, resume)
 
     def rollout_and_score(self, iteration: int, records: list[dict], plan: StepPlan):
         config, algo = self.config, self.config.algo

@@ -30,7 +30,7 @@ import ray
 import torch
 
 from cogrpo.cluster.plots import learned_schedule
-from cogrpo.cluster.trainer import Trainer, read_prompt_sets, resume_point, schedule_for
+from cogrpo.cluster.trainer import Trainer, schedule_for
 from cogrpo.cluster.weight_sync import BroadcastGroup, load_named_state, named_state, to_numpy
 from cogrpo.learner.checkpoint import (DEEPSPEED_DIR, load_optimizers, load_policy_weights, rng_state,
                                        save_optimizers, save_weights, set_rng_state)
@@ -396,9 +396,11 @@ def _first_line(exc: BaseException) -> str:
 class RayTrainer(Trainer):
     def __init__(self, config: Config, run_dir: str | None = None, log: Callable[[str], None] = print,
                  resume: str | None = None):
-        # a bad prompt file, or a run with nothing left to do, fails before the cluster starts
-        read_prompt_sets(config)
-        resume_point(config, run_dir, resume)
+        super().__init__(config, run_dir, log, resume)
+        self.sync_weights()  # rollout workers start from the learner's weights, whatever they loaded
+
+    def start_runtime(self) -> None:
+        config = self.config
         connect(config)
         _check_resources(config)
         c = config.cluster
@@ -430,8 +432,6 @@ class RayTrainer(Trainer):
             world = 1 + len(self.rollouts)
             self._get([self.learners[0].join_weight_sync.remote(host, port, 0, world)]
                       + [w.join_weight_sync.remote(host, port, rank + 1, world) for rank, w in enumerate(self.rollouts)])
-        super().__init__(config, run_dir, log, resume)
-        self.sync_weights()  # rollout workers start from the learner's weights, whatever they loaded
 
     def _get(self, refs, timeout: float | None = None):
         try:
@@ -572,13 +572,7 @@ class RayTrainer(Trainer):
     def update(self, iteration, handle, advantages, usable, plan):
         config = self.config
         if config.cluster.max_staleness >= 1 and iteration + 1 < config.train.iterations:
-            from cogrpo.data.prompts import training_records
-            from cogrpo.rollout.steps import step_plan
-
-            nxt = iteration + 1
-            records = training_records(config.seed, nxt, config.algo.prompts_per_iteration, self.pool)
-            self.prefetched[nxt] = self._launch(nxt, records, step_plan(config.algo.steps, config.sampler.steps,
-                                                                        nxt, config.seed))
+            self.prefetched[iteration + 1] = self._launch(iteration + 1, *self.iteration_inputs(iteration + 1))
         parts, versions = [b.traj for b in handle], [b.version for b in handle]
         metrics = self._from_learners([w.update.remote(iteration, parts, versions, advantages, usable, plan.trained)
                                        for w in self.learners])[0]

@@ -73,8 +73,8 @@ class ResumePoint:
 
 def resume_point(config: Config, run_dir: str | None, resume: str | None) -> ResumePoint | None:
     """`resume`: None (a new run), "auto" (the run's latest complete checkpoint, if any) or a checkpoint folder of
-    the run. Cheap, so a runtime with something slow to start checks it first: a run with nothing left to do, or
-    a checkpoint of the other runtime (their learner states differ), fails at once."""
+    the run. Checked before any worker starts: a run with nothing left to do, or a checkpoint of the other
+    runtime (their learner states differ), fails at once."""
     if resume is None:
         return None
     if not (run_dir or config.train.run_dir):
@@ -98,8 +98,7 @@ def resume_point(config: Config, run_dir: str | None, resume: str | None) -> Res
 
 
 def read_prompt_sets(config: Config) -> tuple[list[dict] | None, dict[str, list[dict]]]:
-    """The RL prompt pool (None: the generated train split) and the evaluation sets, validated. A runtime with
-    something slow to start (a Ray cluster) calls this first, so a bad file fails at once."""
+    """The RL prompt pool (None: the generated train split) and the evaluation sets, validated."""
     pool = read_metadata(resolve_metadata_path(config.train.prompts)) if config.train.prompts else None
     return pool, {name: read_metadata(resolve_metadata_path(path)) for name, path in config.train.eval_metadata.items()}
 
@@ -112,9 +111,11 @@ class Trainer(ABC):
         """resume: None for a new run (its directory must be new or empty), "auto" or a checkpoint folder to
         continue the run in `run_dir` (see `resume_point`)."""
         self.config, self.log = config, log
+        # the cheap checks first: a bad prompt file, or a run with nothing left to do, fails before workers start
         self.pool, self.eval_sets = read_prompt_sets(config)
         self.resumed = resume_point(config, run_dir, resume)
         self.start = 0  # the first iteration this process runs
+        self.start_runtime()
         # before the run directory, and closed if that is refused: a port in use leaves nothing behind
         self.metrics = MetricsSink(config.metrics, ray_export=config.runtime == "ray")
         try:
@@ -135,6 +136,10 @@ class Trainer(ABC):
         return RunDir.reopen(self.config, point.run, through=self.start)
 
     # ---- what a runtime provides ----
+    @abstractmethod
+    def start_runtime(self) -> None:
+        """Bring up the models and workers: after the input checks, before the run directory and any resume."""
+
     @abstractmethod
     def rollout_and_score(self, iteration: int, records: list[dict], plan: StepPlan):
         """Generate G samples per record under the current policies and score them: (handle, terms), where handle
@@ -183,11 +188,17 @@ class Trainer(ABC):
         self.start = point.state["iteration"]
 
     # ---- the loop ----
+    def iteration_inputs(self, iteration: int) -> tuple[list[dict], StepPlan]:
+        """An iteration's prompts and step plan: functions of (seed, iteration) alone, so a runtime may compute
+        them ahead (one-step-off) and a resumed run needs no prompt-sampler state."""
+        config, algo = self.config, self.config.algo
+        return (training_records(config.seed, iteration, algo.prompts_per_iteration, self.pool),
+                step_plan(algo.steps, config.sampler.steps, iteration, config.seed))
+
     def iterate(self, iteration: int) -> dict:
         config, algo = self.config, self.config.algo
         start = time.time()
-        records = training_records(config.seed, iteration, algo.prompts_per_iteration, self.pool)
-        plan = step_plan(algo.steps, config.sampler.steps, iteration, config.seed)
+        records, plan = self.iteration_inputs(iteration)
         handle, terms = self.rollout_and_score(iteration, records, plan)
         rollout_s = time.time() - start
         terms = mask_unscored(terms)

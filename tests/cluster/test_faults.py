@@ -5,7 +5,6 @@ dropped; a dead learner ends the run naming the last checkpoint."""
 import os
 import signal
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
@@ -73,46 +72,28 @@ def test_killed_rollout_workers_restart_and_their_batches_come_out_the_same(tmp_
 
 
 class StallingJudge:
-    """An OpenAI-style chat server scoring every image 5, except that it stalls (until closed) the first request
-    for one prompt and every request for another."""
+    """Scores every image 5, except that it stalls (until released), then drops, the first request for one
+    prompt and every request for another."""
 
     def __init__(self, stall_once: str, stall_always: str):
+        self.stall_once, self.stall_always = stall_once, stall_always
         self.release, self.lock, self.stalled_once = threading.Event(), threading.Lock(), False
-        owner = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers["Content-Length"])).decode()
-                with owner.lock:
-                    stall = stall_always in body or (stall_once in body and not owner.stalled_once)
-                    owner.stalled_once |= stall_once in body
-                if stall:
-                    owner.release.wait(120)
-                    return
-                data = b'{"choices": [{"message": {"role": "assistant", "content": "5"}}]}'
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.http.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.http.server_address[1]}/v1"
-        threading.Thread(target=self.http.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.release.set()
-        self.http.shutdown()
-        self.http.server_close()
+    def __call__(self, body: dict):
+        text = body["messages"][0]["content"][0]["text"]
+        with self.lock:
+            stall = self.stall_always in text or (self.stall_once in text and not self.stalled_once)
+            self.stalled_once |= self.stall_once in text
+        if stall:
+            self.release.wait(120)
+            return None
+        return "5"
 
 
-def test_hung_reward_calls_time_out_are_retried_then_left_unscored(tmp_path, tiny, ray_runtime):
+def test_hung_reward_calls_time_out_are_retried_then_left_unscored(tmp_path, tiny, ray_runtime, chat_server):
     first, second = (r["prompt"] for r in training_records(0, 0, 2))
-    judge = StallingJudge(stall_once=first, stall_always=second)
+    stalling = StallingJudge(stall_once=first, stall_always=second)
+    judge = chat_server(stalling)
     try:
         config = tiny(*RAY, "train.iterations=1", "cluster.reward_timeout_s=2", "cluster.reward_retries=1",
                       "cluster.max_restarts=5", "algo.mode=schedule_only",
@@ -120,7 +101,7 @@ def test_hung_reward_calls_time_out_are_retried_then_left_unscored(tmp_path, tin
         trainer = ray_runtime.RayTrainer(config, str(tmp_path / "run"), log=lambda line: None)
         trainer.train()
     finally:
-        judge.close()
+        stalling.release.set()
     row = trainer.run.metrics[0]
     # the first group's call hung once, then scored; the second's hung on both attempts and stays unscored
     assert row["reward_timeouts"] == {"vlm_judge_judge": 3}

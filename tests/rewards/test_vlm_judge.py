@@ -4,11 +4,9 @@ valid reply, an out-of-range score)."""
 
 import base64
 import io
-import json
 import os
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
@@ -23,58 +21,31 @@ REPLIES = {"valid": "The image shows a red circle.\n7", "garbage": "Looks great,
            "decimal": "8.5", "range": "11", "two": "7\n8 out of 10"}
 
 
-class Server:
-    """requests: every request body seen, with its headers; attempts: per prompt word, how many."""
+class ByWord:
+    """Replies by the quoted word in the prompt: REPLIES, a stall ("slow"), a 500 before a valid reply ("flaky"),
+    a 404 ("missing"), a dropped connection ("hangup"); attempts: per word, how many requests."""
 
     def __init__(self, stall_s: float):
-        self.requests, self.attempts, self.lock = [], {}, threading.Lock()
-        owner = self
+        self.stall_s, self.attempts, self.lock = stall_s, {}, threading.Lock()
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                word = body["messages"][0]["content"][0]["text"].split('"')[1]
-                with owner.lock:
-                    owner.requests.append((self.path, dict(self.headers), body))
-                    owner.attempts[word] = attempt = owner.attempts.get(word, 0) + 1
-                if word == "slow":
-                    time.sleep(stall_s)
-                if word == "flaky" and attempt == 1:
-                    self.send_error(500)
-                    return
-                if word == "missing":
-                    self.send_error(404)
-                    return
-                if word == "hangup":  # drops the connection without a reply
-                    self.close_connection = True
-                    return
-                reply = {"choices": [{"message": {"role": "assistant", "content": REPLIES.get(word, "5")}}]}
-                data = json.dumps(reply).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.http.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.http.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.http.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.http.shutdown()
-        self.http.server_close()
+    def __call__(self, body: dict):
+        word = body["messages"][0]["content"][0]["text"].split('"')[1]
+        with self.lock:
+            self.attempts[word] = attempt = self.attempts.get(word, 0) + 1
+        if word == "slow":
+            time.sleep(self.stall_s)
+        if word == "flaky" and attempt == 1:
+            return 500
+        if word == "missing":
+            return 404
+        if word == "hangup":
+            return None
+        return REPLIES.get(word, "5")
 
 
 @pytest.fixture
-def server():
-    s = Server(stall_s=1.5)
-    yield s
-    s.close()
+def server(chat_server):
+    return chat_server(ByWord(stall_s=1.5))
 
 
 def judge(url, **extra) -> VlmJudgeReward:
@@ -95,12 +66,13 @@ def test_scores_parse_strictly_and_failures_are_invalid_never_zero(server):
     elapsed = time.time() - start
     by_word = dict(zip(words, zip(scores, valid)))
     assert by_word["valid"] == (7.0, True) and by_word["decimal"] == (8.5, True)
-    assert by_word["flaky"] == (5.0, True) and server.attempts["flaky"] == 2  # the 500 was retried
+    attempts = server.respond.attempts
+    assert by_word["flaky"] == (5.0, True) and attempts["flaky"] == 2  # the 500 was retried
     for word in ("garbage", "slow", "range", "two", "missing", "hangup"):
         assert not by_word[word][1] and np.isnan(by_word[word][0]), word
-    assert server.attempts["slow"] == 2 and server.attempts["missing"] == 1  # a 404 is not retried
-    assert server.attempts["garbage"] == 1  # a bad reply is the model's answer: no retry
-    assert server.attempts["hangup"] == 2  # a dropped connection is retried
+    assert attempts["slow"] == 2 and attempts["missing"] == 1  # a 404 is not retried
+    assert attempts["garbage"] == 1  # a bad reply is the model's answer: no retry
+    assert attempts["hangup"] == 2  # a dropped connection is retried
     assert reward.failures == {"unparsable": 2, "timeout": 1, "out_of_range": 1, "http_404": 1, "connection": 1}
     assert elapsed < 3.0  # requests run concurrently; the stall costs two timeouts and a backoff, not 1.5 s each
 
@@ -122,8 +94,8 @@ def test_request_is_an_openai_chat_completion_with_a_png_data_url(server, monkey
     assert png.format == "PNG" and np.array_equal(np.asarray(png), image[0])
 
 
-def test_unreachable_server_is_invalid_after_retries():
-    s = Server(stall_s=0)
+def test_unreachable_server_is_invalid_after_retries(chat_server):
+    s = chat_server(ByWord(stall_s=0))
     url = s.url
     s.close()  # nothing listens on that port now
     reward = judge(url)
