@@ -24,12 +24,14 @@ RUNS = {"local": ["runtime=local"], "ray": ["runtime=ray", "cluster.max_stalenes
         "ray one-step-off": ["runtime=ray", "cluster.max_staleness=1"]}
 
 
-def seconds_per_iteration(trainer, iterations: int) -> float:
+def timed_iterations(trainer, iterations: int) -> dict:
+    """Wall seconds per iteration, and the mean of each phase the loop logs (sync only under Ray)."""
     trainer.iterate(0)  # warm-up: first-call allocations, Ray worker start-up
     start = time.perf_counter()
-    for iteration in range(1, iterations + 1):
-        trainer.iterate(iteration)
-    return (time.perf_counter() - start) / iterations
+    rows = [trainer.iterate(iteration) for iteration in range(1, iterations + 1)]
+    phases = {key: round(sum(r.get(key, 0.0) for r in rows) / iterations, 3)
+              for key in ("rollout_s", "update_s", "sync_s")}
+    return {"s_per_iteration": round((time.perf_counter() - start) / iterations, 3), **phases}
 
 
 def main() -> None:
@@ -44,10 +46,11 @@ def main() -> None:
         config = load_config(args.config, common + overrides)
         runtime = LocalTrainer if config.runtime == "local" else RayTrainer
         trainer = runtime(config, tempfile.mkdtemp(prefix="bench-pipeline-"), log=lambda line: None)
-        times[name] = seconds_per_iteration(trainer, args.iterations)
+        measured = timed_iterations(trainer, args.iterations)
+        times[name] = measured["s_per_iteration"]
         if isinstance(trainer, RayTrainer):
             trainer.shutdown()
-        print(json.dumps({"run": name, "s_per_iteration": round(times[name], 3)}), flush=True)
+        print(json.dumps({"run": name, **measured}), flush=True)
     ray.shutdown()
     print(json.dumps({"ray_over_local": round(times["ray"] / times["local"], 3),
                       "one_step_off_speedup": round(times["ray"] / times["ray one-step-off"], 3)}))
