@@ -91,17 +91,16 @@ def _config(args: argparse.Namespace):
 def _setup(args: argparse.Namespace):
     """Config, model, steps, seed and schedule shared by the sampling commands. A checkpoint saved by
     `cogrpo train` brings its learned schedule policy, used with its mean action; otherwise the hand schedule."""
-    import torch
-
     from cogrpo.learner.checkpoint import load_policy
     from cogrpo.models.checkpoint import build_model, resolve_checkpoint_path
+    from cogrpo.models.interface import configure_compute
     from cogrpo.models.schedule_policy import PolicySchedule
     from cogrpo.rollout.schedule import HandSchedule, hand_knobs
 
     for name in ("steps", "n_per_prompt", "n"):
         _positive(f"--{name.replace('_', '-')}", getattr(args, name, None))
     config = _config(args)
-    torch.set_num_threads(config.threads)
+    configure_compute(config.threads)
     steps = args.steps or config.eval.steps
     seed = config.seed if args.seed is None else args.seed
     model = build_model(config.model)
@@ -194,6 +193,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     from cogrpo.data.geneval import read_metadata, resolve_metadata_path
     from cogrpo.learner.pretrain import pretrain
     from cogrpo.models.checkpoint import save_model
+    from cogrpo.models.interface import configure_compute
     from cogrpo.models.tiny_mdm import TinyMDM
     from cogrpo.rollout.evaluate import evaluate
     from cogrpo.rollout.schedule import HandSchedule
@@ -203,7 +203,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     if out.suffix != ".safetensors":
         raise InputError(f"pretrain output must be a .safetensors file, got {str(out)!r}")
     records = read_metadata(resolve_metadata_path(config.eval.metadata))
-    torch.set_num_threads(config.threads)
+    configure_compute(config.threads)
     torch.manual_seed(config.seed)
     model = TinyMDM(config.model.arch)
     n_params = sum(p.numel() for p in model.parameters())

@@ -9,11 +9,10 @@ import torch
 
 from cogrpo.cluster.plots import learned_schedule
 from cogrpo.cluster.trainer import Trainer, schedule_for
-from cogrpo.learner.checkpoint import (load_model_weights, load_optimizers, load_policy_weights, save_optimizers,
-                                       save_weights)
+from cogrpo.learner.checkpoint import load_optimizers, load_weights, save_optimizers, save_weights
 from cogrpo.learner.cogrpo import Learner, ScoredBatch
 from cogrpo.models.checkpoint import build_model
-from cogrpo.models.interface import compute_device
+from cogrpo.models.interface import compute_device, configure_compute
 from cogrpo.models.schedule_policy import SchedulePolicy
 from cogrpo.rewards.registry import build_reward, score_all
 from cogrpo.rollout.collect import collect
@@ -25,7 +24,7 @@ from cogrpo.rollout.steps import StepPlan
 class LocalTrainer(Trainer):
     def start_runtime(self) -> None:
         config = self.config
-        torch.set_num_threads(config.threads)
+        configure_compute(config.threads)
         torch.manual_seed(config.seed)
         self.model = build_model(config.model).to(compute_device())
         self.policy = SchedulePolicy(config.schedule_policy, self.model.prompt_feature_dim)
@@ -65,6 +64,5 @@ class LocalTrainer(Trainer):
         save_optimizers(folder, self.optimizers())
 
     def load_learner(self, folder: Path, state: dict) -> None:
-        load_model_weights(folder, self.model)
-        load_policy_weights(folder, self.policy)
+        load_weights(folder, self.model, self.policy)
         load_optimizers(folder, self.optimizers())

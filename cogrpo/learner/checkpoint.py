@@ -97,14 +97,13 @@ def save_weights(folder: Path, model, policy: SchedulePolicy, model_state: dict 
     save_tensors(folder / POLICY_FILE, policy.state_dict(), {"config": policy.config.model_dump_json()})
 
 
-def load_model_weights(folder: Path, model: torch.nn.Module) -> None:
-    path = Path(folder) / MODEL_FILE
-    load_state_into(model, load_tensors(path)[0], str(path))
-
-
-def load_policy_weights(folder: Path, policy: SchedulePolicy) -> None:
-    path = Path(folder) / POLICY_FILE
-    load_state_into(policy, load_tensors(path)[0], str(path))
+def load_weights(folder: Path, model: torch.nn.Module | None, policy: SchedulePolicy) -> None:
+    """What save_weights wrote, into live modules; model None where its weights come from elsewhere (DeepSpeed's
+    checkpoint, under Ray)."""
+    for module, name in ((model, MODEL_FILE), (policy, POLICY_FILE)):
+        if module is not None:
+            path = Path(folder) / name
+            load_state_into(module, load_tensors(path)[0], str(path))
 
 
 def load_policy(folder: Path, prompt_dim: int) -> SchedulePolicy | None:

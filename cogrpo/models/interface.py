@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 from abc import ABC, abstractmethod
 
 import numpy as np
@@ -27,6 +28,29 @@ class ImageTokenizer(ABC):
 def compute_device() -> torch.device:
     """The GPU when this process sees one (a Ray actor sees only the GPUs it was given), else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt() parameters (malloc.h)
+KEPT_BYTES = 1 << 30
+
+
+def keep_freed_memory() -> bool:
+    """Have glibc malloc serve large blocks from its heap and keep what is freed (up to 1 GiB at the top), instead
+    of an mmap() per large block and a munmap() per free. A training step allocates and frees the same large
+    tensors every time; by default each one comes back as fresh pages that fault in again, which cost the smoke
+    config about a second of kernel time per iteration (benchmarks/pipeline.py). False where malloc is not glibc's."""
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, KEPT_BYTES)) and bool(mallopt(M_TRIM_THRESHOLD, KEPT_BYTES))
+
+
+def configure_compute(threads: int) -> None:
+    """What every computing process (trainer, Ray actor, CLI command) sets first: torch's thread count and
+    malloc's reuse of freed memory."""
+    torch.set_num_threads(threads)
+    keep_freed_memory()
 
 
 class MaskedTokenModel(nn.Module, ABC):
