@@ -1,8 +1,10 @@
 """Learning benchmark: base -> grpo, schedule_only, cogrpo and the MaskGRPO estimator, trained with the same
 number of rollouts and the same seeds, each evaluated on the held-out (and training-split) GenEval-format prompts
-at 8 and at 4 decoding steps. Writes the table into BENCHMARKS.md between its markers.
+at 8 and at 4 decoding steps. Writes the table into BENCHMARKS.md between its markers (`--table NAME` picks
+another pair of markers, so a variant keeps its own table).
 
     .venv/bin/python benchmarks/learning.py [--iterations 100] [--methods grpo,schedule_only,cogrpo,maskgrpo]
+                                            [--set KEY=VALUE ...] [--table NAME]
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ METHODS = {
     "maskgrpo": ["algo.mode=grpo", "algo.theta_likelihood=maskgrpo", "sampler.kind=emerge", "algo.inner_epochs=4"],
 }
 EVAL_STEPS = (8, 4)
-BEGIN, END = "<!-- learning:begin -->", "<!-- learning:end -->"
 
 
 def base_scores(config) -> dict:
@@ -53,8 +54,11 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--out", default="runs/bench-learning")
     parser.add_argument("--write", default="BENCHMARKS.md")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override applied to every method (repeatable)")
+    parser.add_argument("--table", default="learning", help="the name in the table's markers in --write")
     args = parser.parse_args()
-    common = [f"train.iterations={args.iterations}", f"train.eval_every={args.iterations}",
+    common = args.set + [f"train.iterations={args.iterations}", f"train.eval_every={args.iterations}",
               f"train.checkpoint_every={args.iterations}", f"train.eval_steps={list(EVAL_STEPS)}",
               "train.eval_at_start=false"]
     rows, bases = [], {}
@@ -76,14 +80,19 @@ def main() -> None:
     print(table)
     path = Path(args.write)
     text = path.read_text() if path.exists() else ""
-    block = f"{BEGIN}\n{table}\n{END}"
-    text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), block, text, flags=re.S) if BEGIN in text \
+    begin, end = f"<!-- {args.table}:begin -->", f"<!-- {args.table}:end -->"
+    block = f"{begin}\n{table}\n{end}"
+    text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S) if begin in text \
         else text + "\n" + block + "\n"
     path.write_text(text)
 
 
 def render(rows: list[dict], args) -> str:
-    lines = [f"`.venv/bin/python benchmarks/learning.py --iterations {args.iterations} --methods {args.methods}`",
+    options = "".join(f" --set {override}" for override in args.set)
+    if args.table != "learning":
+        options += f" --table {args.table}"
+    lines = [f"`.venv/bin/python benchmarks/learning.py --iterations {args.iterations} --methods {args.methods}"
+             f"{options}`",
              "", "| method | sampler | minutes | held-out@8 (base) | held-out@4 (base) | train@8 (base) | train@4 (base) |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:

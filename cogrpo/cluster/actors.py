@@ -20,7 +20,7 @@ from cogrpo.cluster.trainer import schedule_for
 from cogrpo.cluster.weight_sync import BroadcastGroup, load_named_state, named_state, to_numpy
 from cogrpo.learner.checkpoint import (DEEPSPEED_DIR, load_optimizers, load_weights, rng_state,
                                        save_optimizers, save_weights, set_rng_state)
-from cogrpo.learner.cogrpo import Learner, ScoredBatch, make_phi_step, theta_optimizer
+from cogrpo.learner.cogrpo import Learner, ScoredBatch, frozen_copy, make_phi_step, theta_optimizer
 from cogrpo.models.checkpoint import build_model
 from cogrpo.models.interface import compute_device, configure_compute
 from cogrpo.models.schedule_policy import SchedulePolicy
@@ -238,11 +238,12 @@ class LearnerWorker(Actor):
         model = build_model(config.model)
         self.module = model
         self.policy = SchedulePolicy(config.schedule_policy, model.prompt_feature_dim)
+        reference = frozen_copy(model).to(compute_device()) if config.algo.kl_beta > 0 else None
         self.engine, *_ = deepspeed.initialize(model=model, optimizer=theta_optimizer(model, config.algo),
                                                config=deepspeed_config(config))
         reduce = _average_grads if world > 1 else None
         self.learner = Learner(self.engine, self.policy, config, theta_step=DeepSpeedStep(self.engine),
-                               phi_step=make_phi_step(self.policy, config, reduce_grads=reduce))
+                               phi_step=make_phi_step(self.policy, config, reduce_grads=reduce), reference=reference)
         self.version = 0
 
     def update(self, iteration: int, parts: list, versions: list[int], advantages: np.ndarray, usable: np.ndarray,

@@ -152,19 +152,27 @@ def make_phi_step(policy: SchedulePolicy, config: Config, reduce_grads=None) -> 
     return TorchStep(list(policy.parameters()), optimizer, config.algo.grad_clip, reduce_grads)
 
 
+def frozen_copy(model: MaskedTokenModel) -> MaskedTokenModel:
+    """The KL reference: the model as training starts, frozen. Taken from the plain module, before DeepSpeed
+    wraps (and under ZeRO-3 partitions) it."""
+    return copy.deepcopy(model).eval().requires_grad_(False)
+
+
 class Learner:
     """Runs one update per iteration on a scored batch. `model` is what the objectives call (a DeepSpeed engine
-    in the distributed runtime); the step callables own the optimisers (plain torch by default)."""
+    in the distributed runtime); the step callables own the optimisers (plain torch by default). With a KL term,
+    `reference` is the frozen starting model (by default a copy of `model`, which must then be a plain module)."""
 
     def __init__(self, model: MaskedTokenModel, policy: SchedulePolicy, config: Config,
                  theta_step: Callable[[torch.Tensor], float] | None = None,
-                 phi_step: Callable[[torch.Tensor], float] | None = None):
+                 phi_step: Callable[[torch.Tensor], float] | None = None,
+                 reference: MaskedTokenModel | None = None):
         self.model, self.policy, self.algo = model, policy, config.algo
         self.theta_step = theta_step or TorchStep(list(model.parameters()), theta_optimizer(model, config.algo),
                                                   config.algo.grad_clip)
         self.phi_step = phi_step or make_phi_step(policy, config)
         self.phi_epochs = config.schedule_policy.epochs
-        self.reference = copy.deepcopy(model).eval().requires_grad_(False) if self.algo.kl_beta > 0 else None
+        self.reference = (reference or frozen_copy(model)) if self.algo.kl_beta > 0 else None
 
     def phases(self, iteration: int) -> tuple[bool, bool]:
         """(train theta, train phi) at this iteration."""

@@ -26,7 +26,7 @@ def local_ray():
 
 
 def test_distributed_run_matches_the_single_process_trainer(tmp_path, tiny, local_ray):
-    config = tiny(*RAY, "algo.update=joint", "cluster.rollout_workers=2",
+    config = tiny(*RAY, "algo.update=joint", "algo.kl_beta=0.04", "cluster.rollout_workers=2",
                   "cluster.rollout_cpus=0.5", "cluster.learner_cpus=0.5")
     local = LocalTrainer(config, str(tmp_path / "local"), log=lambda line: None)
     local.train()
@@ -35,7 +35,7 @@ def test_distributed_run_matches_the_single_process_trainer(tmp_path, tiny, loca
     for a, b in zip(local.run.metrics, dist.run.metrics):
         for key in ("reward/shapes_strict", "reward/shapes_partial", "adv_std"):
             assert a[key] == b[key], key  # identical rollouts: same weights, batches and seeds
-        for key in ("loss_theta", "loss_phi"):
+        for key in ("loss_theta", "loss_phi", "kl_ref"):
             assert a[key] == pytest.approx(b[key], abs=1e-5), key
     assert dist.run.metrics[-1]["weight_version"] == 2
     published = ray.get(dist.rollouts[1].weights.remote())
