@@ -1,6 +1,7 @@
 """Soak: many iterations of a tiny config on the Ray runtime, and the resident memory (RSS) of the driver and of
-every actor after warm-up, every warm-up-length of iterations after it, and at the end. A leak (trajectories kept alive, object references never released,
-buffers growing per weight version) shows as growth; the target is < 10% for every process.
+every actor after warm-up, every warm-up-length of iterations after it, and at the end. A leak (trajectories kept
+alive, object references never released, buffers growing per weight version) shows as growth; the target is < 10%
+for every process.
 
     .venv/bin/python benchmarks/soak.py [--iterations 300] [--warmup 30]
 """

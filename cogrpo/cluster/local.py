@@ -4,6 +4,7 @@ the distributed runtime must match, and it calls the same rollout and learner fu
 from __future__ import annotations
 
 from pathlib import Path
+
 import numpy as np
 import torch
 

@@ -37,11 +37,11 @@ from cogrpo.rollout.steps import StepPlan
 def _check_resources(config: Config) -> None:
     """Fail at once with a clear message when the cluster cannot hold the requested actors (never hang pending)."""
     c = config.cluster
-    need = {"CPU": c.rollout_workers * c.rollout_cpus + c.reward_workers * c.reward_cpus + c.learner_ranks * c.learner_cpus,
-            "GPU": c.rollout_workers * c.rollout_gpus + c.reward_workers * c.reward_gpus + c.learner_ranks * c.learner_gpus}
-    for pool, count in ((c.rollout_resources, c.rollout_workers), (c.reward_resources, c.reward_workers),
-                        (c.learner_resources, c.learner_ranks)):
-        for name, amount in pool.items():
+    need: dict[str, float] = {}
+    for count, cpus, gpus, resources in ((c.rollout_workers, c.rollout_cpus, c.rollout_gpus, c.rollout_resources),
+                                         (c.reward_workers, c.reward_cpus, c.reward_gpus, c.reward_resources),
+                                         (c.learner_ranks, c.learner_cpus, c.learner_gpus, c.learner_resources)):
+        for name, amount in {"CPU": cpus, "GPU": gpus, **resources}.items():
             need[name] = need.get(name, 0) + amount * count
     have = ray.cluster_resources()
     for name, amount in need.items():

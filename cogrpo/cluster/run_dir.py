@@ -24,8 +24,6 @@ class RunDir:
     @classmethod
     def create(cls, config: Config, override: str | None = None) -> RunDir:
         path = run_path(config, override)
-        if path.exists() and not path.is_dir():
-            raise InputError(f"run directory {path} exists and is not a directory")
         if path.is_dir() and any(path.iterdir()):
             raise InputError(f"run directory {path} is not empty (pick another --run-dir, or continue it with "
                              "--resume auto)")
@@ -36,8 +34,6 @@ class RunDir:
         """An existing run continued after its checkpoint at iteration `through` (-1: it has none, so it starts
         over). Rows past it are dropped (a killed job may have logged some), so the continued run appends without
         duplicating or losing any; config.yaml becomes this invocation's config."""
-        if path.exists() and not path.is_dir():
-            raise InputError(f"run directory {path} exists and is not a directory")
         run = cls._open(config, path)
         run.metrics = run._keep_rows("metrics.jsonl", through)
         run.evals = run._keep_rows("eval.jsonl", through)
@@ -45,6 +41,8 @@ class RunDir:
 
     @classmethod
     def _open(cls, config: Config, path: Path) -> RunDir:
+        if path.exists() and not path.is_dir():
+            raise InputError(f"run directory {path} exists and is not a directory")
         path.mkdir(parents=True, exist_ok=True)
         (path / "config.yaml").write_text(dump_config(config))
         return cls(path)

@@ -45,9 +45,17 @@ def checkpoints_root(run_dir: str | Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
+def _folder_name(iteration: int) -> str:
+    return f"iter_{iteration:06d}"
+
+
+def _staging_path(run_dir: str | Path, iteration: int) -> Path:
+    return checkpoints_root(run_dir) / f".{_folder_name(iteration)}.partial"
+
+
 def staging_folder(run_dir: str | Path, iteration: int) -> Path:
     """An empty folder for the parts of the checkpoint at `iteration` (a leftover from a killed job is cleared)."""
-    staging = checkpoints_root(run_dir) / f".iter_{iteration:06d}.partial"
+    staging = _staging_path(run_dir, iteration)
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     return staging
@@ -55,11 +63,9 @@ def staging_folder(run_dir: str | Path, iteration: int) -> Path:
 
 def commit_checkpoint(run_dir: str | Path, iteration: int, state: dict) -> Path:
     """Complete the staged checkpoint: its state.json last, then the folder under its final name, then `latest`."""
-    root = checkpoints_root(run_dir)
-    name = f"iter_{iteration:06d}"
-    staging = root / f".{name}.partial"
+    staging = _staging_path(run_dir, iteration)
     (staging / STATE_FILE).write_text(json.dumps({"iteration": iteration, **state}))
-    final = root / name
+    final = checkpoints_root(run_dir) / _folder_name(iteration)
     shutil.rmtree(final, ignore_errors=True)
     staging.rename(final)
     mark_latest(final)

@@ -172,7 +172,9 @@ class Learner:
                                                   config.algo.grad_clip)
         self.phi_step = phi_step or make_phi_step(policy, config)
         self.phi_epochs = config.schedule_policy.epochs
-        self.reference = (reference or frozen_copy(model)) if self.algo.kl_beta > 0 else None
+        self.reference = None
+        if self.algo.kl_beta > 0:
+            self.reference = reference if reference is not None else frozen_copy(model)
 
     def phases(self, iteration: int) -> tuple[bool, bool]:
         """(train theta, train phi) at this iteration."""

@@ -37,8 +37,8 @@ KEPT_BYTES = 1 << 30
 def keep_freed_memory() -> bool:
     """Have glibc malloc serve large blocks from its heap and keep what is freed (up to 1 GiB at the top), instead
     of an mmap() per large block and a munmap() per free. A training step allocates and frees the same large
-    tensors every time; by default each one comes back as fresh pages that fault in again, which cost the smoke
-    config about a second of kernel time per iteration (benchmarks/pipeline.py). False where malloc is not glibc's."""
+    tensors every time; by default each one comes back as fresh pages that fault in again: half the smoke config's
+    kernel time, and more in Ray actors (benchmarks/pipeline.py, BENCHMARKS.md). False where malloc is not glibc's."""
     try:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):
