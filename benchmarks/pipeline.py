@@ -46,8 +46,8 @@ def timed(trainer, iteration: int) -> dict:
 
 def summary(rows: list[dict]) -> dict:
     """Mean wall seconds per iteration and the mean of each phase the loop logs (sync only under Ray)."""
-    return {"s_per_iteration": round(statistics.fmean(r["s"] for r in rows), 3),
-            **{key: round(statistics.fmean(r[key] for r in rows), 3) for key in PHASES}}
+    return {"s_per_iteration": statistics.fmean(r["s"] for r in rows),
+            **{key: statistics.fmean(r[key] for r in rows) for key in PHASES}}
 
 
 def cpu_seconds() -> dict[int, tuple[str, float, float]]:
@@ -105,10 +105,12 @@ def main() -> None:
     one_step_off.shutdown()
     ray.shutdown()
 
-    for name, measured in rows.items():
+    summaries = {name: summary(measured) for name, measured in rows.items()}
+    for name, means in summaries.items():
         processes = per_iteration(cpu[name], args.iterations) if name in cpu else None
-        print(json.dumps({"run": name, **summary(measured), "cpu_s_per_iteration": processes}), flush=True)
-    mean = {name: statistics.fmean(r["s"] for r in measured) for name, measured in rows.items()}
+        print(json.dumps({"run": name, **{k: round(v, 3) for k, v in means.items()},
+                          "cpu_s_per_iteration": processes}), flush=True)
+    mean = {name: means["s_per_iteration"] for name, means in summaries.items()}
     paired = [r["s"] / l["s"] for r, l in zip(rows["ray"], rows["local"])]
     print(json.dumps({"ray_over_local": round(mean["ray"] / mean["local"], 3),
                       "ray_over_local_per_pair": [round(p, 3) for p in paired],

@@ -192,7 +192,7 @@ class DeepSpeedStep:
     """The theta step through a DeepSpeed engine (ZeRO partitioning, gradient averaging and clipping inside)."""
 
     def __init__(self, engine):
-        self.engine = engine
+        self.engine, self.optimizer = engine, engine.optimizer
 
     def __call__(self, loss: torch.Tensor) -> float:
         self.engine.backward(loss)

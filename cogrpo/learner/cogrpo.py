@@ -18,7 +18,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from cogrpo.learner.objectives import clipped_surrogate, k3_kl, maskgrpo_rates, random_mask, truncated_is_weight
+from cogrpo.learner.objectives import (clipped_surrogate, cosine_decay, k3_kl, maskgrpo_rates, random_mask,
+                                      truncated_is_weight)
 from cogrpo.models.interface import MaskedTokenModel
 from cogrpo.models.schedule_policy import SchedulePolicy
 from cogrpo.proto.config import AlgoConfig, Config
@@ -125,6 +126,13 @@ def phi_objective(policy: SchedulePolicy, traj: Trajectory, adv: torch.Tensor, s
     return -surrogate.mean(), metrics
 
 
+def theta_lr(algo: AlgoConfig, iteration: int, iterations: int) -> float:
+    """theta's learning rate at an iteration of a run of `iterations`: constant, or cosine down to the last one."""
+    if algo.lr_decay == "constant":
+        return algo.lr
+    return algo.lr * cosine_decay(iteration / max(1, iterations - 1), algo.min_lr_ratio)
+
+
 class TorchStep:
     """backward, clip, step with a plain torch optimizer; returns the gradient norm. `reduce_grads` runs between
     backward and clipping (data-parallel runtimes average gradients there)."""
@@ -160,14 +168,16 @@ def frozen_copy(model: MaskedTokenModel) -> MaskedTokenModel:
 
 class Learner:
     """Runs one update per iteration on a scored batch. `model` is what the objectives call (a DeepSpeed engine
-    in the distributed runtime); the step callables own the optimisers (plain torch by default). With a KL term,
-    `reference` is the frozen starting model (by default a copy of `model`, which must then be a plain module)."""
+    in the distributed runtime); the step callables own the optimisers (plain torch by default) and expose them
+    as `.optimizer`, where theta's learning rate is set per iteration. With a KL term, `reference` is the frozen
+    starting model (by default a copy of `model`, which must then be a plain module)."""
 
     def __init__(self, model: MaskedTokenModel, policy: SchedulePolicy, config: Config,
                  theta_step: Callable[[torch.Tensor], float] | None = None,
                  phi_step: Callable[[torch.Tensor], float] | None = None,
                  reference: MaskedTokenModel | None = None):
         self.model, self.policy, self.algo = model, policy, config.algo
+        self.iterations = config.train.iterations
         self.theta_step = theta_step or TorchStep(list(model.parameters()), theta_optimizer(model, config.algo),
                                                   config.algo.grad_clip)
         self.phi_step = phi_step or make_phi_step(policy, config)
@@ -229,6 +239,9 @@ class Learner:
                 sums.setdefault(k, []).append(v)
 
         if train_theta:
+            metrics["lr_theta"] = theta_lr(algo, iteration, self.iterations)
+            for group in self.theta_step.optimizer.param_groups:
+                group["lr"] = metrics["lr_theta"]
             self.model.train()
             for epoch, chunks in self._minibatches(traj, algo.inner_epochs):
                 for chunk in chunks:

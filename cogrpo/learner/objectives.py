@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
+
+
+def cosine_decay(progress: float, min_ratio: float) -> float:
+    """1 at progress 0 down to min_ratio at progress 1 (clamped), along half a cosine."""
+    progress = min(max(progress, 0.0), 1.0)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def clipped_surrogate(logratio: torch.Tensor, adv: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from cogrpo.data.prompts import TASKS, sample_records
 from cogrpo.data.world import render, to_rgb
+from cogrpo.learner.objectives import cosine_decay
 from cogrpo.models.interface import MaskedTokenModel
 from cogrpo.proto.config import PretrainConfig
 
@@ -46,9 +47,7 @@ def mask_tokens(tokens: torch.Tensor, mask_id: int, generator: torch.Generator) 
 
 def lr_at(step: int, config: PretrainConfig) -> float:
     warm = min(1.0, (step + 1) / max(1, config.warmup_steps))
-    progress = min(1.0, step / max(1, config.steps))
-    cosine = config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-    return config.lr * warm * cosine
+    return config.lr * warm * cosine_decay(step / max(1, config.steps), config.min_lr_ratio)
 
 
 def pretrain(model: MaskedTokenModel, config: PretrainConfig, seed: int,

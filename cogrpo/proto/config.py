@@ -218,6 +218,10 @@ class AlgoConfig(Section):
     adv_clip: float | None = Field(None, gt=0)
     is_cap: float = Field(2.0, ge=1)  # truncation of the behaviour -> old importance weight
     lr: float = Field(5e-5, gt=0)
+    # theta's learning rate over the run: constant, or a cosine from lr down to min_lr_ratio * lr at the last
+    # iteration, so the model the run ends with has settled instead of still taking full-size steps.
+    lr_decay: Literal["constant", "cosine"] = "constant"
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
     weight_decay: float = Field(0.0, ge=0)
     grad_clip: float = Field(1.0, gt=0)
     theta_likelihood: Literal["trajectory", "maskgrpo"] = "trajectory"

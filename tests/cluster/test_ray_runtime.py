@@ -26,7 +26,7 @@ def local_ray():
 
 
 def test_distributed_run_matches_the_single_process_trainer(tmp_path, tiny, local_ray):
-    config = tiny(*RAY, "algo.update=joint", "algo.kl_beta=0.04", "cluster.rollout_workers=2",
+    config = tiny(*RAY, "algo.update=joint", "algo.kl_beta=0.04", "algo.lr_decay=cosine", "cluster.rollout_workers=2",
                   "cluster.rollout_cpus=0.5", "cluster.learner_cpus=0.5")
     local = LocalTrainer(config, str(tmp_path / "local"), log=lambda line: None)
     local.train()

@@ -1,3 +1,4 @@
+import copy
 import math
 
 import pytest
@@ -5,11 +6,11 @@ import torch
 from torch.distributions import Normal, TransformedDistribution
 from torch.distributions.transforms import AffineTransform, SigmoidTransform, SoftplusTransform
 
-from cogrpo.learner.cogrpo import phi_objective, theta_trajectory_objective
-from cogrpo.learner.objectives import clipped_surrogate, k3_kl, maskgrpo_rates, random_mask, truncated_is_weight
+from cogrpo.learner.cogrpo import Learner, ScoredBatch, phi_objective, theta_trajectory_objective
+from cogrpo.learner.objectives import clipped_surrogate, cosine_decay, k3_kl, maskgrpo_rates, random_mask, truncated_is_weight
 from cogrpo.models.schedule_policy import PolicySchedule, SchedulePolicy, squash, squash_log_det
 from cogrpo.models.tiny_mdm import TinyMDM
-from cogrpo.proto.config import AlgoConfig, SamplerConfig, SchedulePolicyConfig, TinyMDMArch
+from cogrpo.proto.config import AlgoConfig, Config, SamplerConfig, SchedulePolicyConfig, TinyMDMArch
 from cogrpo.proto.messages import KNOBS
 from cogrpo.rollout.sampler import generate, replay_log_probs
 from cogrpo.rollout.schedule import HandSchedule, hand_knobs
@@ -133,3 +134,17 @@ def test_maskgrpo_rates_and_seeded_masks():
     a, b = random_mask((3, 64), 0.5, seed=7), random_mask((3, 64), 0.5, seed=7)
     assert torch.equal(a, b) and (a.sum(1) == 32).all()
     assert not torch.equal(a, random_mask((3, 64), 0.5, seed=8))
+
+
+def test_cosine_decay_runs_theta_lr_from_lr_to_its_floor_over_the_run(setup):
+    assert [cosine_decay(p, 0.1) for p in (-1.0, 0.0, 0.5, 1.0, 2.0)] == pytest.approx([1.0, 1.0, 0.55, 0.1, 0.1])
+    model, policy, traj = setup
+    batch = ScoredBatch(traj, torch.tensor([1.0, -1.0, 0.5, -0.5]), torch.ones(4, dtype=torch.bool), [0, 1])
+    config = Config(algo=AlgoConfig(mode="grpo", lr=1e-3, lr_decay="cosine", min_lr_ratio=0.2),
+                    train={"iterations": 11})
+    learner = Learner(copy.deepcopy(model), policy, config)
+    for iteration, lr in ((0, 1e-3), (5, 6e-4), (10, 2e-4)):
+        assert learner.update(batch, iteration)["lr_theta"] == pytest.approx(lr)
+        assert learner.theta_step.optimizer.param_groups[0]["lr"] == pytest.approx(lr)
+    constant = Learner(copy.deepcopy(model), policy, config.model_copy(update={"algo": AlgoConfig(lr=1e-3)}))
+    assert constant.update(batch, 10)["lr_theta"] == 1e-3
