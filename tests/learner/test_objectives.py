@@ -7,7 +7,8 @@ from torch.distributions import Normal, TransformedDistribution
 from torch.distributions.transforms import AffineTransform, SigmoidTransform, SoftplusTransform
 
 from cogrpo.learner.cogrpo import Learner, ScoredBatch, phi_objective, theta_trajectory_objective
-from cogrpo.learner.objectives import clipped_surrogate, cosine_decay, k3_kl, maskgrpo_rates, random_mask, truncated_is_weight
+from cogrpo.learner.objectives import (clipped_surrogate, cosine_decay, k3_kl, maskgrpo_rates, random_mask,
+                                      truncated_is_weight)
 from cogrpo.models.schedule_policy import PolicySchedule, SchedulePolicy, squash, squash_log_det
 from cogrpo.models.tiny_mdm import TinyMDM
 from cogrpo.proto.config import AlgoConfig, Config, SamplerConfig, SchedulePolicyConfig, TinyMDMArch
