@@ -93,7 +93,8 @@ def render(rows: list[dict], args) -> str:
         options += f" --table {args.table}"
     lines = [f"`.venv/bin/python benchmarks/learning.py --iterations {args.iterations} --methods {args.methods}"
              f"{options}`",
-             "", "| method | sampler | minutes | held-out@8 (base) | held-out@4 (base) | train@8 (base) | train@4 (base) |",
+             "", "| method | sampler | minutes | held-out@8 (base) | held-out@4 (base) | train@8 (base) "
+             "| train@4 (base) |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         cells = [f"{r[f'{s}@{n}']:.3f} ({r[f'base {s}@{n}']:.3f})" for s in ("heldout", "train") for n in EVAL_STEPS]

@@ -73,7 +73,8 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
     ray.shutdown()
-    print("\n| size | params | MB | transport | sync s | copy floor s | ratio | GB/s |\n| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("\n| size | params | MB | transport | sync s | copy floor s | ratio | GB/s |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         print(f"| {r['size']} | {r['params']:,} | {r['MB']} | {r['transport']} | {r['sync_s']} | {r['copy_floor_s']} "
               f"| {r['ratio']} | {r['GB_per_s']} |")

@@ -51,7 +51,8 @@ def test_generate_then_eval_images_matches_eval_metadata(tmp_path, metadata, cap
 def test_train_then_eval_the_run_directory_with_its_learned_schedule(tmp_path, metadata, capsys):
     run_dir = tmp_path / "run"
     tiny = ["--set", "train.iterations=1", "--set", "algo.prompts_per_iteration=2", "--set", "algo.group_size=4",
-            "--set", "sampler.steps=4", "--set", "train.eval_steps=[4]", "--set", "algo.mode=schedule_only", "--set", "runtime=local",
+            "--set", "sampler.steps=4", "--set", "train.eval_steps=[4]", "--set", "algo.mode=schedule_only",
+            "--set", "runtime=local",
             "--set", f"train.eval_metadata={{small: {metadata}}}", *FAST]
     assert main(["train", "--config", "configs/smoke-cpu.yaml", "--run-dir", str(run_dir), *tiny]) == 0
     final = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["final_eval"]

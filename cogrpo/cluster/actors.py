@@ -8,7 +8,6 @@ from __future__ import annotations
 import datetime
 import os
 import pickle
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,8 @@ import torch
 
 from cogrpo.cluster.plots import learned_schedule
 from cogrpo.cluster.trainer import schedule_for
-from cogrpo.cluster.weight_sync import BroadcastGroup, load_named_state, named_state, to_numpy
+from cogrpo.cluster.weight_sync import (BroadcastGroup, connect_store, host_store, load_named_state, named_state,
+                                        to_numpy)
 from cogrpo.learner.checkpoint import (DEEPSPEED_DIR, load_optimizers, load_weights, rng_state,
                                        save_optimizers, save_weights, set_rng_state)
 from cogrpo.learner.cogrpo import Learner, ScoredBatch, frozen_copy, make_phi_step, theta_optimizer
@@ -76,7 +76,7 @@ class Actor:
     def join_weight_sync(self, host: str, port: int, rank: int, world: int) -> None:
         """Join the broadcast group (learner rank 0 is its rank 0 and hosts the store). Collective."""
         timeout = self.config.cluster.timeout_s
-        store = self.sync_store if rank == 0 else BroadcastGroup.connect_store(host, port, timeout)
+        store = self.sync_store if rank == 0 else connect_store(host, port, timeout)
         self.sync = BroadcastGroup(store, rank, world, ray.util.get_node_ip_address(), timeout)
 
 
@@ -219,21 +219,29 @@ class LearnerWorker(Actor):
         self.config, self.rank, self.world = config, rank, world
 
     def rendezvous(self) -> tuple[str, int]:
-        """Rank 0: its node's address and a free port for the learners' process group."""
-        with socket.socket() as s:
-            s.bind(("", 0))
-            return ray.util.get_node_ip_address(), s.getsockname()[1]
+        """Rank 0: opens the learners' rendezvous store on its node's address; returns (address, port)."""
+        host = ray.util.get_node_ip_address()
+        self.group_store = host_store(host, self.config.cluster.timeout_s)
+        return host, self.group_store.port
 
     def setup(self, master_addr: str, master_port: int) -> None:
-        """Join the learners' group and build the DeepSpeed engine (collective: every rank at once)."""
+        """Join the learners' group and build the DeepSpeed engine (collective: every rank at once). The default
+        group is formed on rank 0's store, so DeepSpeed adopts it instead of opening one on every interface."""
         import deepspeed
 
         config, rank, world = self.config, self.rank, self.world
         os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(rank),
                           WORLD_SIZE=str(world), LOCAL_RANK="0")
         backend = "nccl" if torch.cuda.is_available() else "gloo"
-        deepspeed.init_distributed(dist_backend=backend, rank=rank, world_size=world,
-                                   timeout=datetime.timedelta(seconds=config.cluster.timeout_s))
+        timeout = datetime.timedelta(seconds=config.cluster.timeout_s)
+        store = self.group_store if rank == 0 else connect_store(master_addr, master_port, config.cluster.timeout_s)
+        torch.distributed.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
+        # DeepSpeed's CPU backend would JIT-compile a shared-memory all-reduce here (C++, 25-60 s per fresh
+        # environment, under a file lock) after probing every op with the compiler. Only its inference path uses
+        # that kernel; training's collectives are torch.distributed's. The probe's result is a module attribute
+        # DeepSpeed reads through .get(name, False), so an empty one means nothing is compiled.
+        deepspeed.ops.__compatible_ops__ = {}
+        deepspeed.init_distributed(dist_backend=backend, rank=rank, world_size=world, timeout=timeout)
         torch.manual_seed(config.seed)
         model = build_model(config.model)
         self.module = model
@@ -285,7 +293,7 @@ class LearnerWorker(Actor):
     def host_weight_sync(self) -> tuple[str, int]:
         """Rank 0 opens the broadcast group's rendezvous store; the others connect to (host, port)."""
         host = ray.util.get_node_ip_address()
-        self.sync_store = BroadcastGroup.host_store(host, self.config.cluster.timeout_s)
+        self.sync_store = host_store(host, self.config.cluster.timeout_s)
         return host, self.sync_store.port
 
     def publish(self, transport: str) -> list | None:

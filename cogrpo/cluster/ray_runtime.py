@@ -129,8 +129,8 @@ class RayTrainer(Trainer):
         if c.weight_sync == "collective":
             host, port = self._get(self.learners[0].host_weight_sync.remote())
             world = 1 + len(self.rollouts)
-            self._get([self.learners[0].join_weight_sync.remote(host, port, 0, world)]
-                      + [w.join_weight_sync.remote(host, port, rank + 1, world) for rank, w in enumerate(self.rollouts)])
+            joins = [w.join_weight_sync.remote(host, port, rank + 1, world) for rank, w in enumerate(self.rollouts)]
+            self._get([self.learners[0].join_weight_sync.remote(host, port, 0, world)] + joins)
 
     def _get(self, refs, timeout: float | None = None):
         try:

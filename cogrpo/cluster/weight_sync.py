@@ -15,6 +15,7 @@ catches a mismatch before any value is used.
 from __future__ import annotations
 
 import datetime
+import socket
 import zlib
 
 import numpy as np
@@ -77,6 +78,24 @@ class WeightSyncError(RuntimeError):
     pass
 
 
+def host_store(host: str, timeout_s: float) -> dist.TCPStore:
+    """Rank 0's rendezvous store on a free port (`.port`) of `host` alone, opened before the others are told where
+    it is. TCPStore by itself listens on every interface; given a socket already bound to `host` it serves on that
+    one, which keeps the embedded cluster's stores on loopback."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as listener:
+        listener.bind((host, 0))
+        listener.listen(128)
+        port = listener.getsockname()[1]
+        store = dist.TCPStore(host, port, None, True, timeout=datetime.timedelta(seconds=timeout_s),
+                              wait_for_workers=False, master_listen_fd=listener.detach())
+    return store
+
+
+def connect_store(host: str, port: int, timeout_s: float) -> dist.TCPStore:
+    return dist.TCPStore(host, port, None, False, timeout=datetime.timedelta(seconds=timeout_s))
+
+
 class BroadcastGroup:
     """A stateless process group for weight broadcast (it leaves torch.distributed's default group, which the
     learners' DeepSpeed uses, alone). Rank 0 hosts the rendezvous store; construction is collective."""
@@ -98,16 +117,6 @@ class BroadcastGroup:
                 self.group = dist.ProcessGroupGloo(store, rank, world, options)
         except RuntimeError as exc:
             raise WeightSyncError(self._explain("forming the weight-sync group", exc)) from None
-
-    @staticmethod
-    def host_store(host: str, timeout_s: float) -> dist.TCPStore:
-        """Rank 0's rendezvous store on a free port (`.port`), opened before the others are told where it is."""
-        return dist.TCPStore(host, 0, None, True, timeout=datetime.timedelta(seconds=timeout_s),
-                             wait_for_workers=False)
-
-    @staticmethod
-    def connect_store(host: str, port: int, timeout_s: float) -> dist.TCPStore:
-        return dist.TCPStore(host, port, None, False, timeout=datetime.timedelta(seconds=timeout_s))
 
     def _explain(self, what: str, exc: Exception) -> str:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -136,7 +136,8 @@ def prometheus(tmp_path):
                 except OSError:
                     pass  # not listening yet
                 time.sleep(0.5)
-            raise AssertionError(f"{promql}: {result} after {timeout} s; log:\n{(tmp_path / 'prometheus.log').read_text()}")
+            log = (tmp_path / "prometheus.log").read_text()
+            raise AssertionError(f"{promql}: {result} after {timeout} s; log:\n{log}")
         return query
 
     yield start

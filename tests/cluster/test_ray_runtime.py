@@ -25,7 +25,8 @@ def local_ray():
     ray.shutdown()
 
 
-def test_distributed_run_matches_the_single_process_trainer(tmp_path, tiny, local_ray):
+def test_distributed_run_matches_the_single_process_trainer(tmp_path, tiny, local_ray, monkeypatch):
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "jit"))  # the actors inherit it with the cluster
     config = tiny(*RAY, "algo.update=joint", "algo.kl_beta=0.04", "algo.lr_decay=cosine", "cluster.rollout_workers=2",
                   "cluster.rollout_cpus=0.5", "cluster.learner_cpus=0.5")
     local = LocalTrainer(config, str(tmp_path / "local"), log=lambda line: None)
@@ -42,6 +43,7 @@ def test_distributed_run_matches_the_single_process_trainer(tmp_path, tiny, loca
     mine = to_numpy(named_state(local.model, local.policy))
     for name, value in mine.items():
         np.testing.assert_allclose(published[name], value, atol=1e-5, err_msg=name)
+    assert not (tmp_path / "jit").exists(), "the learner JIT-compiled a DeepSpeed op"
 
 
 def test_a_request_the_cluster_cannot_satisfy_fails_at_once(tmp_path, tiny, local_ray):
@@ -53,7 +55,8 @@ def test_a_request_the_cluster_cannot_satisfy_fails_at_once(tmp_path, tiny, loca
 @pytest.mark.parametrize("stage, transport", [(2, "object_store"), (3, "collective")])
 def test_zero_stages_with_two_learner_ranks_update_and_sync(tmp_path, tiny, local_ray, stage, transport):
     config = tiny(*RAY, "train.iterations=1", f"cluster.zero_stage={stage}", f"cluster.weight_sync={transport}",
-                  "cluster.learner_ranks=2", "cluster.learner_cpus=0.5", "cluster.rollout_cpus=0.5", "algo.update=joint")
+                  "cluster.learner_ranks=2", "cluster.learner_cpus=0.5", "cluster.rollout_cpus=0.5",
+                  "algo.update=joint")
     trainer = RayTrainer(config, str(tmp_path / f"zero{stage}"), log=lambda line: None)
     trainer.train()
     row = trainer.run.metrics[0]
@@ -76,8 +79,9 @@ def test_two_nodes_rollout_and_learner_apart_with_weights_synced(tmp_path, tiny)
                      object_store_memory=200 * 2**20)
     try:
         config = tiny(*RAY, "train.iterations=1", f"cluster.address={cluster.address}",
-                      "cluster.rollout_resources={rollout_node: 0.01}", "cluster.learner_resources={learner_node: 0.01}",
-                      "cluster.rollout_cpus=0.5", "cluster.learner_cpus=0.5")
+                      "cluster.rollout_resources={rollout_node: 0.01}",
+                      "cluster.learner_resources={learner_node: 0.01}", "cluster.rollout_cpus=0.5",
+                      "cluster.learner_cpus=0.5")
         trainer = RayTrainer(config, str(tmp_path / "run"), log=lambda line: None)
         rollout_node = ray.get(trainer.rollouts[0].ready.remote())
         learner_node = ray.get(trainer.learners[0].ready.remote())

@@ -1,11 +1,12 @@
 """The collective weight-sync transport without Ray: two threads, a real gloo group on loopback."""
 
+import socket
 import threading
 
 import pytest
 import torch
 
-from cogrpo.cluster.weight_sync import BroadcastGroup, WeightSyncError, buckets
+from cogrpo.cluster.weight_sync import BroadcastGroup, WeightSyncError, buckets, connect_store, host_store
 
 
 def _state(seed: int) -> dict[str, torch.Tensor]:
@@ -15,11 +16,11 @@ def _state(seed: int) -> dict[str, torch.Tensor]:
 
 
 def _pair(timeout_s: float = 20.0, bucket_bytes: int = 1024) -> tuple[BroadcastGroup, BroadcastGroup]:
-    store = BroadcastGroup.host_store("127.0.0.1", timeout_s)
+    store = host_store("127.0.0.1", timeout_s)
     groups: dict[int, BroadcastGroup] = {}
 
     def join(rank: int) -> None:
-        s = store if rank == 0 else BroadcastGroup.connect_store("127.0.0.1", store.port, timeout_s)
+        s = store if rank == 0 else connect_store("127.0.0.1", store.port, timeout_s)
         groups[rank] = BroadcastGroup(s, rank, 2, "127.0.0.1", timeout_s, bucket_bytes)
 
     threads = [threading.Thread(target=join, args=(r,)) for r in (0, 1)]
@@ -80,3 +81,13 @@ def test_a_silent_sender_ends_in_a_clear_timeout():
     _, receiver = _pair(timeout_s=2.0)
     with pytest.raises(WeightSyncError, match="weight sync failed while receiving the header .*timeout 2 s"):
         receiver.receive(_state(2))
+
+
+def test_the_rendezvous_store_listens_on_its_host_alone():
+    """TCPStore alone would listen on every interface; bound to 127.0.0.1, the same port on 127.0.0.2 (also
+    loopback on Linux) refuses, while clients on the host itself get through."""
+    store = host_store("127.0.0.1", 10.0)
+    connect_store("127.0.0.1", store.port, 10.0).set("key", "value")
+    assert store.get("key") == b"value"
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.2", store.port), timeout=5).close()

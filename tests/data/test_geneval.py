@@ -28,7 +28,8 @@ def test_metadata_round_trip(tmp_path):
     ('{"tag": "nope", "include": [{"class": "circle", "count": 1}], "prompt": "a photo of a circle"}\n', "unknown tag"),
     ('{"tag": "colors", "include": [{"class": "circle", "count": 0}], "prompt": "a photo of a circle"}\n', "count"),
     ('{"tag": "colors", "include": [{"class": "circle", "count": 1}], "prompt": "a photo of a cat"}\n', "unknown word"),
-    ('{"tag": "position", "include": [{"class": "circle", "count": 1, "position": ["near", 0]}], "prompt": "a photo of a circle"}\n', "position"),
+    ('{"tag": "position", "include": [{"class": "circle", "count": 1, "position": ["near", 0]}], '
+     '"prompt": "a photo of a circle"}\n', "position"),
     ("[1, 2]\n", "JSON object"),
 ])
 def test_bad_metadata_is_one_clear_error(tmp_path, content, message):

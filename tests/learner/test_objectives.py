@@ -124,7 +124,8 @@ def test_a_fresh_policy_reproduces_the_hand_schedule_exactly():
     steps = 6
     cond = model.encode_prompts(PROMPTS)
     hand = generate(model, cond, HandSchedule(config, steps), steps, seed=5)
-    fresh = generate(model, cond, PolicySchedule(policy, hand_knobs(config, steps), sample_actions=False), steps, seed=5)
+    fresh_schedule = PolicySchedule(policy, hand_knobs(config, steps), sample_actions=False)
+    fresh = generate(model, cond, fresh_schedule, steps, seed=5)
     assert torch.allclose(fresh.knobs, hand.knobs, atol=1e-5)
     assert torch.equal(fresh.tokens, hand.tokens)
 

@@ -25,6 +25,7 @@ def test_pretraining_from_scratch_lowers_the_loss():
     torch.manual_seed(0)
     model = TinyMDM()
     losses = []
-    pretrain(model, PretrainConfig(steps=60, batch_size=32, log_every=1), seed=0, log=lambda r: losses.append(r["loss"]))
+    pretrain(model, PretrainConfig(steps=60, batch_size=32, log_every=1), seed=0,
+             log=lambda r: losses.append(r["loss"]))
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < 0.4 * first, (first, last)
