@@ -218,11 +218,16 @@ class LearnerWorker(Actor):
         configure_compute(config.threads)
         self.config, self.rank, self.world = config, rank, world
 
-    def rendezvous(self) -> tuple[str, int]:
-        """Rank 0: opens the learners' rendezvous store on its node's address; returns (address, port)."""
+    def _open_store(self) -> tuple[tuple[str, int], torch.distributed.TCPStore]:
+        """A rendezvous store on this node's address: ((address, port) for the other ranks, the store)."""
         host = ray.util.get_node_ip_address()
-        self.group_store = host_store(host, self.config.cluster.timeout_s)
-        return host, self.group_store.port
+        store = host_store(host, self.config.cluster.timeout_s)
+        return (host, store.port), store
+
+    def rendezvous(self) -> tuple[str, int]:
+        """Rank 0: opens the learners' rendezvous store; the others join the group at the returned address."""
+        address, self.group_store = self._open_store()
+        return address
 
     def setup(self, master_addr: str, master_port: int) -> None:
         """Join the learners' group and build the DeepSpeed engine (collective: every rank at once). The default
@@ -230,13 +235,12 @@ class LearnerWorker(Actor):
         import deepspeed
 
         config, rank, world = self.config, self.rank, self.world
-        os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(rank),
-                          WORLD_SIZE=str(world), LOCAL_RANK="0")
+        os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK="0")
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         timeout = datetime.timedelta(seconds=config.cluster.timeout_s)
         store = self.group_store if rank == 0 else connect_store(master_addr, master_port, config.cluster.timeout_s)
         torch.distributed.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
-        # DeepSpeed's CPU backend would JIT-compile a shared-memory all-reduce here (C++, 25-60 s per fresh
+        # DeepSpeed's CPU backend would JIT-compile a shared-memory all-reduce here (C++, 24-60 s per fresh
         # environment, under a file lock) after probing every op with the compiler. Only its inference path uses
         # that kernel; training's collectives are torch.distributed's. The probe's result is a module attribute
         # DeepSpeed reads through .get(name, False), so an empty one means nothing is compiled.
@@ -291,10 +295,9 @@ class LearnerWorker(Actor):
         return to_numpy(named_state(self.module, self.policy, state)) if self.rank == 0 else None
 
     def host_weight_sync(self) -> tuple[str, int]:
-        """Rank 0 opens the broadcast group's rendezvous store; the others connect to (host, port)."""
-        host = ray.util.get_node_ip_address()
-        self.sync_store = host_store(host, self.config.cluster.timeout_s)
-        return host, self.sync_store.port
+        """Rank 0 opens the broadcast group's rendezvous store; the others connect to the returned address."""
+        address, self.sync_store = self._open_store()
+        return address
 
     def publish(self, transport: str) -> list | None:
         """Every rank calls this (the ZeRO-3 gather is collective). Rank 0 then broadcasts the versioned message
