@@ -64,6 +64,7 @@ GOOD = jsonl(single_object("square"), colors("red", "circle"))
     (["eval", "--config", "missing.yaml"], "config file not found: missing.yaml", {}),
     (["eval", "--set", "algo.steps.mode=window", "--set", "algo.steps.window=9"], "exceeds sampler.steps 8", {}),
     (["eval", "--set", "rewards=[]"], "at least one reward is needed", {}),
+    (["eval", "--set", "algo.rollouts_per_prompt=4"], "rollouts_per_prompt 4 is below group_size 8", {}),
 ])
 def test_bad_configs(argv, message, files, workdir, capsys):
     err = fails(argv, message, workdir, capsys, files)

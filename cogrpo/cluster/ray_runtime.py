@@ -205,7 +205,7 @@ class RayTrainer(Trainer):
     # ---- one iteration ----
     def _launch(self, iteration: int, records: list[dict], plan: StepPlan) -> list[Batch]:
         config = self.config
-        metadata = [r for r in records for _ in range(config.algo.group_size)]
+        metadata = [r for r in records for _ in range(config.algo.samples_per_prompt)]
         size = config.sampler.batch_size
         batches = [Batch(k, iteration, plan, [r["prompt"] for r in chunk], chunk)
                    for k, chunk in enumerate(metadata[s: s + size] for s in range(0, len(metadata), size))]

@@ -20,7 +20,7 @@ from cogrpo.cluster.run_dir import RunDir, run_path
 from cogrpo.data.geneval import read_metadata, resolve_metadata_path
 from cogrpo.data.grid import image_grid
 from cogrpo.data.prompts import training_records
-from cogrpo.learner.advantages import group_advantages
+from cogrpo.learner.advantages import down_sample, group_advantages
 from cogrpo.learner.checkpoint import (checkpoints_root, commit_checkpoint, latest_checkpoint, load_rng, mark_latest,
                                        read_state, save_rng, staging_folder)
 from cogrpo.models.schedule_policy import PolicySchedule, SchedulePolicy
@@ -202,8 +202,9 @@ class Trainer(ABC):
         handle, terms = self.rollout_and_score(iteration, records, plan)
         rollout_s = time.time() - start
         terms = mask_unscored(terms)
-        groups = group_ids(len(records), algo.group_size).numpy()
-        adv, usable = group_advantages(terms, groups, algo.adv_eps, algo.adv_clip)
+        groups = group_ids(len(records), algo.samples_per_prompt).numpy()
+        trained = terms if algo.rollouts_per_prompt is None else down_sample(terms, groups, algo.group_size)
+        adv, usable = group_advantages(trained, groups, algo.adv_eps, algo.adv_clip)
         update_start = time.time()
         metrics = self.update(iteration, handle, adv, usable, plan)
         row = {"iteration": iteration + 1, **reward_stats(config, terms),

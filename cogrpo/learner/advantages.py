@@ -32,3 +32,29 @@ def group_advantages(terms: list[tuple[np.ndarray, np.ndarray, float]], groups: 
     if clip is not None:
         adv = np.clip(adv, -clip, clip)
     return np.where(usable, adv, 0.0), usable
+
+
+def max_variance_subset(scores: np.ndarray, groups: np.ndarray, valid: np.ndarray, keep: int) -> np.ndarray:
+    """PODS's max-variance down-sampling: per group, the `keep` valid samples whose scores vary most (all of them
+    when a group has no more). Such a set is always some highest k and lowest keep - k of the sorted scores, so
+    the keep + 1 splits are all it tries. Returns a bool mask over the samples."""
+    selected = np.zeros(len(scores), dtype=bool)
+    for g in np.unique(groups):
+        members = np.flatnonzero((groups == g) & valid)
+        if len(members) <= keep:
+            selected[members] = True
+            continue
+        ranked = members[np.argsort(scores[members], kind="stable")]
+        splits = [np.concatenate([ranked[:keep - k], ranked[len(ranked) - k:]]) for k in range(keep + 1)]
+        selected[max(splits, key=lambda s: scores[s].var())] = True
+    return selected
+
+
+def down_sample(terms: list[tuple[np.ndarray, np.ndarray, float]], groups: np.ndarray,
+                keep: int) -> list[tuple[np.ndarray, np.ndarray, float]]:
+    """The terms with every sample outside each group's max-variance subset (by the weighted sum of the rewards,
+    over samples every reward judged) marked invalid, so advantages and the update see the subset alone."""
+    valid = np.logical_and.reduce([v for _, v, _ in terms])
+    total = sum(w * np.where(valid, s, 0.0) for s, _, w in terms)
+    selected = max_variance_subset(total, groups, valid, keep)
+    return [(s, v & selected, w) for s, v, w in terms]

@@ -49,7 +49,10 @@ def theta_trajectory_objective(model: MaskedTokenModel, traj: Trajectory, adv: t
     has_tokens = own.any(-1)  # (B, S)
     if algo.ratio == "token_mean":
         surrogate, clipped = clipped_surrogate(logratio, adv[:, None, None], algo.clip_eps)
-        per_step = (surrogate * weight).sum(-1) / own.sum(-1).clamp(min=1)
+        if algo.token_average == "token":
+            per_step = (surrogate * weight).sum(-1) * has_tokens.sum() / own.sum()
+        else:
+            per_step = (surrogate * weight).sum(-1) / own.sum(-1).clamp(min=1)
         clip_frac = clipped[own].float().mean()
     else:
         surrogate, clipped = clipped_surrogate(logratio.sum(-1), adv[:, None], algo.clip_eps)

@@ -207,12 +207,18 @@ class AlgoConfig(Section):
     alternate_every: int = Field(5, ge=1)
     first: Literal["theta", "phi"] = "theta"
     group_size: int = Field(8, ge=2)
+    # PODS: roll out this many samples per prompt and train on the group_size of them whose rewards vary most
+    # (max-variance down-sampling): rollouts are cheap beside an update. None: roll out group_size.
+    rollouts_per_prompt: int | None = Field(None, ge=2)
     prompts_per_iteration: int = Field(8, ge=1)
     inner_epochs: int = Field(1, ge=1)
     minibatch: int = Field(64, ge=1)
     clip_eps: float = Field(0.2, gt=0)
     clip_eps_phi: float = Field(0.2, gt=0)
     ratio: Literal["token_mean", "step_product"] = "token_mean"
+    # token_mean's average: each trained step's tokens averaged, then the steps ("step"), or every committed
+    # token of the sample weighted alike ("token", the plain policy gradient's weighting)
+    token_average: Literal["step", "token"] = "step"
     kl_beta: float = Field(0.0, ge=0)
     adv_eps: float = Field(1e-4, gt=0)
     adv_clip: float | None = Field(None, gt=0)
@@ -227,6 +233,18 @@ class AlgoConfig(Section):
     theta_likelihood: Literal["trajectory", "maskgrpo"] = "trajectory"
     maskgrpo_gamma: float = Field(0.8, ge=0, lt=1)
     steps: StepSubsetConfig = StepSubsetConfig()
+
+    @model_validator(mode="after")
+    def _rollouts_cover_group(self) -> AlgoConfig:
+        if self.rollouts_per_prompt is not None and self.rollouts_per_prompt < self.group_size:
+            raise ValueError(f"rollouts_per_prompt {self.rollouts_per_prompt} is below group_size "
+                             f"{self.group_size}: down-sampling keeps group_size of them")
+        return self
+
+    @property
+    def samples_per_prompt(self) -> int:
+        """How many samples each prompt is rolled out and scored with."""
+        return self.rollouts_per_prompt or self.group_size
 
 
 class TrainConfig(Section):

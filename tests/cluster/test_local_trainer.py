@@ -60,3 +60,11 @@ def test_window_flash_and_maskgrpo_variants_run(tmp_path, tiny):
     assert changed(before, trainer.model)
     rows = [json.loads(line) for line in (tmp_path / "maskgrpo" / "metrics.jsonl").read_text().splitlines()]
     assert all("loss_theta" in r for r in rows)
+
+
+def test_down_sampling_rolls_out_more_and_trains_on_group_size_per_prompt(tmp_path, tiny):
+    trainer, before, _ = run(tiny("algo.mode=grpo", "algo.rollouts_per_prompt=6"), tmp_path, "pods")
+    for row in trainer.run.metrics:
+        assert row["images"] == 2 * 6  # every rollout is scored and counted in the rewards
+        assert row["usable"] == 2 * 4  # the update sees group_size of each prompt's six
+    assert changed(before, trainer.model)

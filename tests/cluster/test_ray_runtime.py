@@ -28,13 +28,13 @@ def local_ray():
 def test_distributed_run_matches_the_single_process_trainer(tmp_path, tiny, local_ray, monkeypatch):
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "jit"))  # the actors inherit it with the cluster
     config = tiny(*RAY, "algo.update=joint", "algo.kl_beta=0.04", "algo.lr_decay=cosine", "cluster.rollout_workers=2",
-                  "cluster.rollout_cpus=0.5", "cluster.learner_cpus=0.5")
+                  "cluster.rollout_cpus=0.5", "cluster.learner_cpus=0.5", "algo.rollouts_per_prompt=6")
     local = LocalTrainer(config, str(tmp_path / "local"), log=lambda line: None)
     local.train()
     dist = RayTrainer(config, str(tmp_path / "ray"), log=lambda line: None)
     dist.train()
     for a, b in zip(local.run.metrics, dist.run.metrics):
-        for key in ("reward/shapes_strict", "reward/shapes_partial", "adv_std"):
+        for key in ("reward/shapes_strict", "reward/shapes_partial", "adv_std", "usable"):
             assert a[key] == b[key], key  # identical rollouts: same weights, batches and seeds
         for key in ("loss_theta", "loss_phi", "kl_ref"):
             assert a[key] == pytest.approx(b[key], abs=1e-5), key

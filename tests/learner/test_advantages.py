@@ -1,7 +1,9 @@
+import itertools
+
 import numpy as np
 import pytest
 
-from cogrpo.learner.advantages import group_advantages, group_normalize
+from cogrpo.learner.advantages import down_sample, group_advantages, group_normalize, max_variance_subset
 
 
 def test_group_relative_advantage_is_z_score_within_each_group():
@@ -40,3 +42,32 @@ def test_advantage_clipping():
     scores = np.array([0.0] * 9 + [1.0])
     adv, _ = group_advantages([(scores, np.ones(10, bool), 1.0)], np.zeros(10, int), eps=0.0, clip=2.0)
     assert adv.max() == pytest.approx(2.0)
+
+
+def test_max_variance_subset_matches_exhaustive_search():
+    rng = np.random.default_rng(0)
+    for trial in range(50):
+        scores = rng.choice([0.0, 0.5, 1.0, 1.5], size=7) if trial % 2 else rng.normal(size=7)
+        chosen = max_variance_subset(scores, np.zeros(7, int), np.ones(7, bool), keep=4)
+        best = max(np.var(scores[list(c)]) for c in itertools.combinations(range(7), 4))
+        assert chosen.sum() == 4 and np.var(scores[chosen]) == pytest.approx(best)
+
+
+def test_max_variance_subset_keeps_extremes_per_group_and_skips_invalid():
+    scores = np.array([0.0, 0.0, 0.0, 1.0, 0.0, 9.0, 5.0, 5.0, 5.0, 5.0])
+    valid = np.array([True] * 5 + [False] + [True] * 4)
+    chosen = max_variance_subset(scores, np.repeat([0, 1], 5), valid, keep=2)
+    assert chosen[3] and chosen[:5].sum() == 2  # the lone success and one failure
+    assert not chosen[5] and chosen[5:].sum() == 2  # the invalid 9.0 is never picked
+    small = max_variance_subset(scores[:3], np.zeros(3, int), np.ones(3, bool), keep=4)
+    assert small.all()  # a group with fewer samples than keep keeps them all
+
+
+def test_down_sampled_terms_give_advantages_over_the_subset_alone():
+    strict = np.array([0.0, 0.0, 0.0, 1.0, 0.0, 0.0])
+    partial = np.array([0.5, 0.0, 0.5, 1.0, 0.5, 0.0])
+    ones = np.ones(6, bool)
+    terms = down_sample([(strict, ones, 1.0), (partial, ones, 0.5)], np.zeros(6, int), keep=3)
+    adv, usable = group_advantages(terms, np.zeros(6, int), eps=0.0)
+    assert usable.sum() == 3 and usable[3] and usable[1]  # the success and the two total failures
+    assert adv[3] > 0 and np.all(adv[~usable] == 0)

@@ -37,21 +37,26 @@ def grads(params):
     return [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in params]
 
 
-def test_theta_surrogate_gradient_is_the_policy_gradient_at_theta_old(setup):
+@pytest.mark.parametrize("token_average", ["step", "token"])
+def test_theta_surrogate_gradient_is_the_policy_gradient_at_theta_old(setup, token_average):
     model, _, traj = setup
     adv = torch.tensor([1.0, -0.5, 0.25, -2.0])
     steps = list(range(traj.steps))
     model.zero_grad()
-    loss, metrics = theta_trajectory_objective(model, traj, adv, steps, AlgoConfig())
+    loss, metrics = theta_trajectory_objective(model, traj, adv, steps, AlgoConfig(token_average=token_average))
     loss.backward()
     surrogate = grads(model.parameters())
     assert metrics["clip_frac_theta"] == 0.0
-    # REINFORCE with the same weighting: mean over (sample, step) of A * mean over the step's tokens of log p
+    # REINFORCE with the same weighting of A * log p: "step", the mean over (sample, step) of the mean over the
+    # step's tokens; "token", the mean over every committed token
     model.zero_grad()
     logp = replay_log_probs(model, traj, steps)
     own = (traj.commit_step[:, None, :] == torch.arange(traj.steps)[None, :, None]).float()
-    per_step = (logp * own).sum(-1) / own.sum(-1)
-    (-(adv[:, None] * per_step).mean()).backward()
+    weighted = adv[:, None, None] * logp * own
+    if token_average == "step":
+        (-(weighted.sum(-1) / own.sum(-1)).mean()).backward()
+    else:
+        (-weighted.sum() / own.sum()).backward()
     for a, b in zip(surrogate, grads(model.parameters())):
         assert torch.allclose(a, b, atol=1e-6)
 
