@@ -36,8 +36,9 @@ class LocalTrainer(Trainer):
         config, algo = self.config, self.config.algo
         self.policy.decay_std(iteration)
         schedule = schedule_for(config, self.policy, config.sampler.steps, sample_actions=True)
-        traj = collect(self.model, schedule, [r["prompt"] for r in records], algo.samples_per_prompt, config.sampler.steps,
-                       plan, config.seed, iteration, config.sampler.batch_size, config.sampler.kind)
+        traj = collect(self.model, schedule, [r["prompt"] for r in records], algo.samples_per_prompt,
+                       config.sampler.steps, plan, config.seed, iteration, config.sampler.batch_size,
+                       config.sampler.kind)
         metadata = [r for r in records for _ in range(algo.samples_per_prompt)]
         images = self.model.decode_images(traj.tokens)
         return traj, score_all(self.rewards, images, [r["prompt"] for r in metadata], metadata)
