@@ -235,10 +235,12 @@ class AlgoConfig(Section):
     steps: StepSubsetConfig = StepSubsetConfig()
 
     @model_validator(mode="after")
-    def _rollouts_cover_group(self) -> AlgoConfig:
+    def _consistent(self) -> AlgoConfig:
         if self.rollouts_per_prompt is not None and self.rollouts_per_prompt < self.group_size:
             raise ValueError(f"rollouts_per_prompt {self.rollouts_per_prompt} is below group_size "
                              f"{self.group_size}: down-sampling keeps group_size of them")
+        if self.token_average == "token" and self.ratio != "token_mean":
+            raise ValueError("token_average: token needs ratio: token_mean (step_product has one ratio per step)")
         return self
 
     @property
