@@ -49,16 +49,16 @@ def theta_trajectory_objective(model: MaskedTokenModel, traj: Trajectory, adv: t
     has_tokens = own.any(-1)  # (B, S)
     if algo.ratio == "token_mean":
         surrogate, clipped = clipped_surrogate(logratio, adv[:, None, None], algo.clip_eps)
+        per_token = surrogate * weight
         if algo.token_average == "token":
-            per_step = (surrogate * weight).sum(-1) * has_tokens.sum() / own.sum()
+            objective = per_token.sum() / own.sum()
         else:
-            per_step = (surrogate * weight).sum(-1) / own.sum(-1).clamp(min=1)
+            objective = (per_token.sum(-1) / own.sum(-1).clamp(min=1))[has_tokens].mean()
         clip_frac = clipped[own].float().mean()
     else:
         surrogate, clipped = clipped_surrogate(logratio.sum(-1), adv[:, None], algo.clip_eps)
-        per_step = surrogate * (weight.sum(-1) / own.sum(-1).clamp(min=1))
+        objective = (surrogate * (weight.sum(-1) / own.sum(-1).clamp(min=1)))[has_tokens].mean()
         clip_frac = clipped[has_tokens].float().mean()
-    objective = per_step[has_tokens].mean()
     approx_kl = ((torch.exp(logratio) - 1) - logratio)[own].mean()
     metrics = {"clip_frac_theta": clip_frac.item(), "approx_kl_theta": approx_kl.item()}
     loss = -objective
