@@ -18,11 +18,16 @@ def group_normalize(scores: np.ndarray, groups: np.ndarray, valid: np.ndarray, e
     return out
 
 
+def judged_by_all(terms: list[tuple[np.ndarray, np.ndarray, float]]) -> np.ndarray:
+    """The samples every reward judged with a finite score."""
+    return np.logical_and.reduce([v & np.isfinite(s) for s, v, _ in terms])
+
+
 def group_advantages(terms: list[tuple[np.ndarray, np.ndarray, float]], groups: np.ndarray, eps: float,
                      clip: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """terms: (scores, valid, weight) per reward. Returns (advantages, usable): a sample is usable when every
     reward judged it and its group keeps at least two such samples; unusable samples get advantage 0."""
-    valid = np.logical_and.reduce([v & np.isfinite(s) for s, v, _ in terms])
+    valid = judged_by_all(terms)
     usable = valid.copy()
     for g in np.unique(groups):
         members = groups == g
@@ -54,7 +59,7 @@ def down_sample(terms: list[tuple[np.ndarray, np.ndarray, float]], groups: np.nd
                 keep: int) -> list[tuple[np.ndarray, np.ndarray, float]]:
     """The terms with every sample outside each group's max-variance subset (by the weighted sum of the rewards,
     over samples every reward judged) marked invalid, so advantages and the update see the subset alone."""
-    valid = np.logical_and.reduce([v for _, v, _ in terms])
+    valid = judged_by_all(terms)
     total = sum(w * np.where(valid, s, 0.0) for s, _, w in terms)
     selected = max_variance_subset(total, groups, valid, keep)
     return [(s, v & selected, w) for s, v, w in terms]
