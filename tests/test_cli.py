@@ -5,10 +5,13 @@ import subprocess
 import sys
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from cogrpo.cli import main
 from cogrpo.data.geneval import write_jsonl
 from cogrpo.data.prompts import colors, counting, position, single_object, two_object
+from cogrpo.models.checkpoint import AVERAGE_FILE, MODEL_FILE, resolve_checkpoint_path
 
 RECORDS = [single_object("square"), colors("red", "circle"), counting(2, "triangle"),
            two_object("circle", "square"), position("square", "above", "circle", "blue", "red")]
@@ -48,18 +51,22 @@ def test_generate_then_eval_images_matches_eval_metadata(tmp_path, metadata, cap
     assert set(from_model["by_task"]) == {r["tag"] for r in RECORDS}
 
 
-def test_train_then_eval_the_run_directory_with_its_learned_schedule(tmp_path, metadata, capsys):
+def test_train_then_eval_the_run_directory_with_its_averaged_model_and_learned_schedule(tmp_path, metadata, capsys):
     run_dir = tmp_path / "run"
-    tiny = ["--set", "train.iterations=1", "--set", "algo.prompts_per_iteration=2", "--set", "algo.group_size=4",
-            "--set", "sampler.steps=4", "--set", "train.eval_steps=[4]", "--set", "algo.mode=schedule_only",
-            "--set", "runtime=local",
+    tiny = ["--set", "train.iterations=2", "--set", "algo.prompts_per_iteration=2", "--set", "algo.group_size=4",
+            "--set", "sampler.steps=4", "--set", "train.eval_steps=[4]", "--set", "algo.update=joint",
+            "--set", "algo.ema_decay=0.5", "--set", "runtime=local",
             "--set", f"train.eval_metadata={{small: {metadata}}}", *FAST]
     assert main(["train", "--config", "configs/smoke-cpu.yaml", "--run-dir", str(run_dir), *tiny]) == 0
     final = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["final_eval"]
     assert main(["eval", "--config", str(run_dir / "config.yaml"), "--checkpoint", str(run_dir),
                  "--metadata", str(metadata), "--steps", "4", "--json"]) == 0
     again = json.loads(capsys.readouterr().out)
-    assert again["overall"] == final[0]["overall"]  # same model, same learned schedule, same seeds
+    assert again["overall"] == final[0]["overall"]  # same averaged model, same learned schedule, same seeds
+    latest = run_dir / "checkpoints" / "iter_000002"
+    assert resolve_checkpoint_path(str(run_dir)) == latest / AVERAGE_FILE
+    live, average = (load_file(latest / name) for name in (MODEL_FILE, AVERAGE_FILE))
+    assert not torch.equal(live["head.weight"], average["head.weight"])  # the run exported the average
     assert main(["train", "--config", "configs/smoke-cpu.yaml", "--run-dir", str(run_dir), *tiny]) == 2
 
 

@@ -18,6 +18,7 @@ from cogrpo.cluster.plots import learned_schedule
 from cogrpo.cluster.trainer import schedule_for
 from cogrpo.cluster.weight_sync import (BroadcastGroup, connect_store, host_store, load_named_state, named_state,
                                         to_numpy)
+from cogrpo.learner.averaging import WeightAverage, weights_swapped_in
 from cogrpo.learner.checkpoint import (DEEPSPEED_DIR, load_optimizers, load_weights, rng_state,
                                        save_optimizers, save_weights, set_rng_state)
 from cogrpo.learner.cogrpo import Learner, ScoredBatch, frozen_copy, make_phi_step, theta_optimizer
@@ -125,12 +126,14 @@ class RolloutWorker(Actor):
                         stochastic=plan.stochastic, plan=plan.plan)
         return traj, self.model.decode_images(traj.tokens), self.version
 
-    def evaluate(self, records: list[dict], steps: int, version: int):
+    def evaluate(self, records: list[dict], steps: int, average: list | None, version: int):
+        """average: [ref] to the learner's moving average of theta, evaluated in place of the live weights."""
         self._check_weights(version)
         config = self.config
         schedule = schedule_for(config, self.policy, steps, sample_actions=False)
-        result, _, images = evaluate(self.model, records, schedule, steps, config.seed, config.sampler.batch_size,
-                                     config.eval.n_per_prompt, config.sampler.kind)
+        with weights_swapped_in(self.model, ray.get(average[0]) if average else None):
+            result, _, images = evaluate(self.model, records, schedule, steps, config.seed,
+                                         config.sampler.batch_size, config.eval.n_per_prompt, config.sampler.kind)
         return result, images[:16]
 
     def learned_schedule(self, steps: int, prompts: list[str], version: int) -> torch.Tensor:
@@ -210,6 +213,21 @@ def _average_grads(params: list[torch.nn.Parameter]) -> None:
             p.grad /= world
 
 
+def rank_shard(sizes: list[int], usable: np.ndarray, rank: int, world: int
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A learner rank's equal share of the usable samples of batches of `sizes`: (its samples' indices in the
+    iteration, the batches they lie in, their indices in those batches concatenated). Shares are contiguous, so a
+    rank needs about 1/world of the batches; a remainder that does not divide evenly is left out so that all ranks
+    step together; an empty share still names one batch, whose step plan the update reads."""
+    starts = np.cumsum([0, *sizes])
+    index = np.flatnonzero(usable)
+    index = index[: len(index) // world * world].reshape(world, -1)[rank]
+    batch_of = np.searchsorted(starts, index, side="right") - 1
+    needed = np.unique(batch_of) if len(index) else np.array([0])
+    needed_starts = np.cumsum([0, *(sizes[b] for b in needed)])
+    return index, needed, index - starts[batch_of] + needed_starts[np.searchsorted(needed, batch_of)]
+
+
 class LearnerWorker(Actor):
     """One data-parallel rank: DeepSpeed (ZeRO stage from the config, gloo on CPU, NCCL on GPU) for theta, a
     replicated schedule policy for phi, and the shared Learner math."""
@@ -256,25 +274,28 @@ class LearnerWorker(Actor):
         reduce = _average_grads if world > 1 else None
         self.learner = Learner(self.engine, self.policy, config, theta_step=DeepSpeedStep(self.engine),
                                phi_step=make_phi_step(self.policy, config, reduce_grads=reduce), reference=reference)
+        self.average = WeightAverage(config.algo.ema_decay) if config.algo.ema_decay and rank == 0 else None
         self.version = 0
 
-    def update(self, iteration: int, parts: list, versions: list[int], advantages: np.ndarray, usable: np.ndarray,
-               trained: list[int]) -> dict:
-        """parts: object refs of the trajectories per rollout batch; versions: the weight version of each. Every
-        rank takes an equal shard of the usable samples (a remainder that does not divide evenly is left out, so
-        all ranks step together)."""
-        trajs = ray.get(list(parts))
-        traj = Trajectory.cat(trajs)
-        sample_version = np.concatenate([np.full(t.batch_size, v) for t, v in zip(trajs, versions)])
-        index = np.flatnonzero(usable)
-        index = index[: len(index) // self.world * self.world][self.rank:: self.world]
-        batch = ScoredBatch(traj.select(torch.from_numpy(index)), torch.from_numpy(advantages[index]),
+    def update(self, iteration: int, parts: list, sizes: list[int], versions: list[int], advantages: np.ndarray,
+               usable: np.ndarray, trained: list[int]) -> dict:
+        """parts: object refs of the trajectories per rollout batch, sizes: their sample counts, versions: the
+        weight version of each. A rank fetches only the batches its share of the samples lies in, so with several
+        ranks, or with PODS leaving samples out, no rank pulls every trajectory from the object store."""
+        sample_version = np.repeat(versions, sizes)
+        index, needed, local = rank_shard(sizes, usable, self.rank, self.world)
+        traj = Trajectory.cat(ray.get([parts[b] for b in needed]))
+        batch = ScoredBatch(traj.select(torch.from_numpy(local)), torch.from_numpy(advantages[index]),
                             torch.ones(len(index), dtype=torch.bool), trained)
         stale = sample_version < self.version
         metrics = self.learner.update(batch, iteration, stale=bool(stale[index].any()))
+        if self.config.algo.ema_decay and metrics["train_theta"]:
+            state = self._full_state()  # collective under ZeRO-3: every rank calls it, rank 0 averages
+            if self.average is not None:
+                self.average.update(state)
         self.version += 1
         return {**metrics, "weight_version": self.version, "stale_samples": int(stale.sum()),
-                "staleness": float(np.mean(self.version - 1 - sample_version))}
+                "staleness": float(np.mean(self.version - 1 - sample_version)), "fetched_batches": len(needed)}
 
     def _full_state(self) -> dict[str, torch.Tensor] | None:
         """The full model state on rank 0 (a ZeRO-3 gather is a collective: every rank calls this). Below ZeRO-3
@@ -313,13 +334,17 @@ class LearnerWorker(Actor):
             return None
         return [ray.put(to_numpy(message))]
 
+    def average_weights(self) -> list | None:
+        """Rank 0: [ref] to theta's moving average for an evaluation (None before its first theta iteration)."""
+        return None if self.average is None or self.average.state is None else [ray.put(self.average.state)]
+
     def save_checkpoint(self, folder: str) -> None:
         """Every rank (the ZeRO-3 gather and DeepSpeed's save are collective): rank 0 writes both policies' whole
         weights as safetensors and phi's optimizer state; DeepSpeed writes theta's, each rank its partition, with
         the rank's RNG states as client state."""
         state = self._full_state()
         if self.rank == 0:
-            save_weights(Path(folder), self.module, self.policy, state)
+            save_weights(Path(folder), self.module, self.policy, state, self.average)
             save_optimizers(Path(folder), {"phi": self.learner.phi_step.optimizer})
         self.engine.save_checkpoint(str(Path(folder) / DEEPSPEED_DIR), tag=DEEPSPEED_TAG,
                                     client_state={"rng": rng_state()}, save_latest=False)
@@ -327,7 +352,7 @@ class LearnerWorker(Actor):
     def load_checkpoint(self, folder: str, version: int) -> None:
         """Every rank: theta and its optimizer through DeepSpeed, phi and its optimizer from rank 0's files."""
         client = load_deepspeed_checkpoint(self.engine, str(Path(folder) / DEEPSPEED_DIR))
-        load_weights(Path(folder), None, self.policy)
+        load_weights(Path(folder), None, self.policy, self.average)
         load_optimizers(Path(folder), {"phi": self.learner.phi_step.optimizer})
         set_rng_state(client["rng"])
         self.version = version

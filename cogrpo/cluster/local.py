@@ -10,6 +10,7 @@ import torch
 
 from cogrpo.cluster.plots import learned_schedule
 from cogrpo.cluster.trainer import Trainer, schedule_for
+from cogrpo.learner.averaging import WeightAverage, weights_swapped_in
 from cogrpo.learner.checkpoint import load_optimizers, load_weights, save_optimizers, save_weights
 from cogrpo.learner.cogrpo import Learner, ScoredBatch
 from cogrpo.models.checkpoint import build_model
@@ -30,6 +31,7 @@ class LocalTrainer(Trainer):
         self.model = build_model(config.model).to(compute_device())
         self.policy = SchedulePolicy(config.schedule_policy, self.model.prompt_feature_dim)
         self.learner = Learner(self.model, self.policy, config)
+        self.average = WeightAverage(config.algo.ema_decay) if config.algo.ema_decay else None
         self.rewards = [(build_reward(r), r.weight) for r in config.rewards]
 
     def rollout_and_score(self, iteration: int, records: list[dict], plan: StepPlan):
@@ -45,13 +47,17 @@ class LocalTrainer(Trainer):
 
     def update(self, iteration, handle, advantages, usable, plan):
         batch = ScoredBatch(handle, torch.from_numpy(advantages), torch.from_numpy(usable), plan.trained)
-        return self.learner.update(batch, iteration)
+        metrics = self.learner.update(batch, iteration)
+        if self.average is not None and metrics["train_theta"]:
+            self.average.update(self.model.state_dict())
+        return metrics
 
     def evaluate_split(self, records: list[dict], steps: int) -> tuple[dict, np.ndarray]:
         config = self.config
         schedule = schedule_for(config, self.policy, steps, sample_actions=False)
-        result, _, images = evaluate(self.model, records, schedule, steps, config.seed, config.sampler.batch_size,
-                                     config.eval.n_per_prompt, config.sampler.kind)
+        with weights_swapped_in(self.model, self.average.state if self.average else None):
+            result, _, images = evaluate(self.model, records, schedule, steps, config.seed,
+                                         config.sampler.batch_size, config.eval.n_per_prompt, config.sampler.kind)
         return result, images
 
     def learned_schedule(self, steps: int, prompts: list[str]) -> torch.Tensor:
@@ -62,9 +68,9 @@ class LocalTrainer(Trainer):
         return {"theta": self.learner.theta_step.optimizer, "phi": self.learner.phi_step.optimizer}
 
     def save_learner(self, folder: Path) -> None:
-        save_weights(folder, self.model, self.policy)
+        save_weights(folder, self.model, self.policy, average=self.average)
         save_optimizers(folder, self.optimizers())
 
     def load_learner(self, folder: Path, state: dict) -> None:
-        load_weights(folder, self.model, self.policy)
+        load_weights(folder, self.model, self.policy, average=self.average)
         load_optimizers(folder, self.optimizers())

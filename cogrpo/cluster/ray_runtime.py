@@ -272,9 +272,9 @@ class RayTrainer(Trainer):
         config = self.config
         if config.cluster.max_staleness >= 1 and iteration + 1 < config.train.iterations:
             self.prefetched[iteration + 1] = self._launch(iteration + 1, *self.iteration_inputs(iteration + 1))
-        parts, versions = [b.traj for b in handle], [b.version for b in handle]
-        metrics = self._from_learners([w.update.remote(iteration, parts, versions, advantages, usable, plan.trained)
-                                       for w in self.learners])[0]
+        parts, sizes, versions = [b.traj for b in handle], [len(b.prompts) for b in handle], [b.version for b in handle]
+        metrics = self._from_learners([w.update.remote(iteration, parts, sizes, versions, advantages, usable,
+                                                       plan.trained) for w in self.learners])[0]
         self.version = metrics["weight_version"]
         return {**metrics, "sync_s": round(self.sync_weights(), 4)}
 
@@ -307,7 +307,8 @@ class RayTrainer(Trainer):
                 raise out
 
     def evaluate_split(self, records, steps):
-        return self._ask_rollout("evaluate", records, steps)
+        average = self._from_learners(self.learners[0].average_weights.remote()) if self.config.algo.ema_decay else None
+        return self._ask_rollout("evaluate", records, steps, average)
 
     def learned_schedule(self, steps, prompts):
         return self._ask_rollout("learned_schedule", steps, prompts)

@@ -8,6 +8,7 @@ moment leaves `latest` naming a complete checkpoint:
 | file | written by | holds |
 | --- | --- | --- |
 | `model.safetensors`, `schedule_policy.safetensors` | the learner (rank 0) | both policies' weights |
+| `averaged_model.safetensors` | the learner (rank 0) | theta's moving average, when `algo.ema_decay` > 0 |
 | `optimizers.pt` | the learner (rank 0) | optimizer states by policy: theta and phi in one process; phi under Ray |
 | `deepspeed/` | every learner rank (Ray) | DeepSpeed's checkpoint: theta's ZeRO-partitioned optimizer state |
 | `rng.pt` | the driver | its torch, numpy and python RNG states |
@@ -29,7 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cogrpo.models.checkpoint import LATEST, MODEL_FILE, load_state_into, load_tensors, save_model, save_tensors
+from cogrpo.learner.averaging import WeightAverage
+from cogrpo.models.checkpoint import (AVERAGE_FILE, LATEST, MODEL_FILE, load_state_into, load_tensors, save_model,
+                                     save_tensors)
 from cogrpo.models.schedule_policy import SchedulePolicy
 from cogrpo.proto.config import SchedulePolicyConfig
 from cogrpo.proto.errors import InputError
@@ -97,19 +100,26 @@ def read_state(folder: Path) -> dict:
     return state
 
 
-def save_weights(folder: Path, model, policy: SchedulePolicy, model_state: dict | None = None) -> None:
-    """model_state: the full tensors when the module's own are partitioned (ZeRO-3)."""
+def save_weights(folder: Path, model, policy: SchedulePolicy, model_state: dict | None = None,
+                 average: WeightAverage | None = None) -> None:
+    """model_state: the full tensors when the module's own are partitioned (ZeRO-3). An average that has started
+    is written as a whole model file beside the live one."""
     save_model(model, folder / MODEL_FILE, model_state)
     save_tensors(folder / POLICY_FILE, policy.state_dict(), {"config": policy.config.model_dump_json()})
+    if average is not None and average.state is not None:
+        save_model(model, folder / AVERAGE_FILE, average.state)
 
 
-def load_weights(folder: Path, model: torch.nn.Module | None, policy: SchedulePolicy) -> None:
+def load_weights(folder: Path, model: torch.nn.Module | None, policy: SchedulePolicy,
+                 average: WeightAverage | None = None) -> None:
     """What save_weights wrote, into live modules; model None where its weights come from elsewhere (DeepSpeed's
     checkpoint, under Ray)."""
     for module, name in ((model, MODEL_FILE), (policy, POLICY_FILE)):
         if module is not None:
             path = Path(folder) / name
             load_state_into(module, load_tensors(path)[0], str(path))
+    if average is not None and (Path(folder) / AVERAGE_FILE).is_file():
+        average.state = load_tensors(Path(folder) / AVERAGE_FILE)[0]
 
 
 def load_policy(folder: Path, prompt_dim: int) -> SchedulePolicy | None:

@@ -22,11 +22,13 @@ BUILTIN_PREFIX = "builtin:"
 
 
 MODEL_FILE = "model.safetensors"
+AVERAGE_FILE = "averaged_model.safetensors"  # a run's exported model when it keeps an average
 LATEST = "latest"
 
 
 def resolve_checkpoint_path(spec: str) -> Path:
-    """A safetensors file, "builtin:NAME" for a shipped one, or a run directory (its latest checkpoint)."""
+    """A safetensors file, "builtin:NAME" for a shipped one, or a run directory (its latest checkpoint's averaged
+    model if the run kept one, else its model)."""
     if spec.startswith(BUILTIN_PREFIX):
         return BUILTIN_DIR / f"{spec[len(BUILTIN_PREFIX):]}.safetensors"
     path = Path(spec)
@@ -34,7 +36,8 @@ def resolve_checkpoint_path(spec: str) -> Path:
         marker = path / "checkpoints" / LATEST
         if not marker.is_file():
             raise InputError(f"run directory {path} has no complete checkpoint (no checkpoints/{LATEST})")
-        return path / "checkpoints" / marker.read_text().strip() / MODEL_FILE
+        folder = path / "checkpoints" / marker.read_text().strip()
+        return folder / AVERAGE_FILE if (folder / AVERAGE_FILE).is_file() else folder / MODEL_FILE
     return path
 
 

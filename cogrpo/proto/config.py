@@ -230,6 +230,9 @@ class AlgoConfig(Section):
     min_lr_ratio: float = Field(0.1, ge=0, le=1)
     weight_decay: float = Field(0.0, ge=0)
     grad_clip: float = Field(1.0, gt=0)
+    # > 0: the run evaluates and exports an exponential moving average of theta with this decay per theta
+    # iteration (cogrpo/learner/averaging.py); rollouts sample the live weights either way
+    ema_decay: float = Field(0.0, ge=0, lt=1)
     theta_likelihood: Literal["trajectory", "maskgrpo"] = "trajectory"
     maskgrpo_gamma: float = Field(0.8, ge=0, lt=1)
     steps: StepSubsetConfig = StepSubsetConfig()

@@ -8,6 +8,7 @@ import pytest
 ray = pytest.importorskip("ray")
 pytest.importorskip("deepspeed")
 
+from cogrpo.cluster.actors import rank_shard  # noqa: E402
 from cogrpo.cluster.local import LocalTrainer  # noqa: E402
 from cogrpo.cluster.ray_runtime import RayTrainer  # noqa: E402
 from cogrpo.cluster.weight_sync import named_state, to_numpy  # noqa: E402
@@ -28,7 +29,8 @@ def local_ray():
 def test_distributed_run_matches_the_single_process_trainer(tmp_path, tiny, local_ray, monkeypatch):
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "jit"))  # the actors inherit it with the cluster
     config = tiny(*RAY, "algo.update=joint", "algo.kl_beta=0.04", "algo.lr_decay=cosine", "cluster.rollout_workers=2",
-                  "cluster.rollout_cpus=0.5", "cluster.learner_cpus=0.5", "algo.rollouts_per_prompt=6")
+                  "cluster.rollout_cpus=0.5", "cluster.learner_cpus=0.5", "algo.rollouts_per_prompt=6",
+                  "algo.ema_decay=0.5")
     local = LocalTrainer(config, str(tmp_path / "local"), log=lambda line: None)
     local.train()
     dist = RayTrainer(config, str(tmp_path / "ray"), log=lambda line: None)
@@ -39,11 +41,30 @@ def test_distributed_run_matches_the_single_process_trainer(tmp_path, tiny, loca
         for key in ("loss_theta", "loss_phi", "kl_ref"):
             assert a[key] == pytest.approx(b[key], abs=1e-5), key
     assert dist.run.metrics[-1]["weight_version"] == 2
+    for a, b in zip(local.run.evals, dist.run.evals, strict=True):
+        assert a["overall"] == b["overall"] and a["by_task"] == b["by_task"]  # theta's average, evaluated
     published = ray.get(dist.rollouts[1].weights.remote())
     mine = to_numpy(named_state(local.model, local.policy))
     for name, value in mine.items():
         np.testing.assert_allclose(published[name], value, atol=1e-5, err_msg=name)
     assert not (tmp_path / "jit").exists(), "the learner JIT-compiled a DeepSpeed op"
+
+
+def test_each_learner_rank_fetches_only_the_batches_its_share_lies_in():
+    sizes = [4, 4, 4]
+    usable = np.array([1, 1, 0, 1, 0, 0, 0, 0, 1, 1, 1, 0], dtype=bool)  # batch 1 left out whole, as PODS may
+    batches = [np.arange(start, start + n) for start, n in zip(np.cumsum([0, *sizes]), sizes)]  # sample ids
+    shares = []
+    for rank, batch in enumerate([0, 2]):
+        index, needed, local = rank_shard(sizes, usable, rank, 2)
+        assert list(needed) == [batch]
+        np.testing.assert_array_equal(np.concatenate([batches[b] for b in needed])[local], index)
+        shares.append(index)
+    assert sorted(np.concatenate(shares)) == [0, 1, 3, 8, 9, 10]  # disjoint, equal, every usable sample
+    index, needed, local = rank_shard(sizes, usable, 0, 4)  # 6 usable over 4 ranks: 4 trained, 2 left out
+    assert len(index) == 1 and len(needed) == 1
+    index, needed, local = rank_shard(sizes, np.zeros(12, dtype=bool), 0, 1)
+    assert len(index) == len(local) == 0 and list(needed) == [0]
 
 
 def test_a_request_the_cluster_cannot_satisfy_fails_at_once(tmp_path, tiny, local_ray):

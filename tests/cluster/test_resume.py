@@ -18,12 +18,12 @@ from safetensors.torch import load_file
 from cogrpo.cli import main
 from cogrpo.cluster.local import LocalTrainer
 from cogrpo.learner.checkpoint import OPTIMIZERS_FILE, POLICY_FILE
-from cogrpo.models.checkpoint import MODEL_FILE
+from cogrpo.models.checkpoint import AVERAGE_FILE, MODEL_FILE
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "RAY_AUTH_MODE": "disabled"}
 TIMING = {"rollout_s", "update_s", "iteration_s", "images_per_s", "seconds", "sync_s"}
-SIX = ["train.iterations=6", "train.checkpoint_every=3"]
+SIX = ["train.iterations=6", "train.checkpoint_every=3", "algo.ema_decay=0.5"]  # the average resumes too
 
 
 def rows(run_dir: Path, name: str = "metrics.jsonl") -> list[dict]:
@@ -48,7 +48,7 @@ def assert_same_tree(a, b, where: str = "") -> None:
         assert a == b, where
 
 
-def assert_same_end(a: Path, b: Path, files=(MODEL_FILE, POLICY_FILE)) -> None:
+def assert_same_end(a: Path, b: Path, files=(MODEL_FILE, AVERAGE_FILE, POLICY_FILE)) -> None:
     """Same final checkpoint files (tensors bit for bit), same metrics and evaluation rows."""
     for name in files:
         load = load_file if name.endswith(".safetensors") else lambda p: torch.load(p, weights_only=True)
@@ -86,7 +86,7 @@ def test_local_run_killed_after_its_checkpoint_resumes_to_the_same_end(tmp_path,
     resumed = LocalTrainer(config, str(run), log=lambda line: None, resume="auto")
     assert resumed.start == 3
     resumed.train()
-    assert_same_end(tmp_path / "straight", run, (MODEL_FILE, POLICY_FILE, OPTIMIZERS_FILE))
+    assert_same_end(tmp_path / "straight", run, (MODEL_FILE, AVERAGE_FILE, POLICY_FILE, OPTIMIZERS_FILE))
 
 
 def _train(run_dir: Path, overrides: list[str], *extra: str) -> list[str]:
