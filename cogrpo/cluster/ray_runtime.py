@@ -119,6 +119,7 @@ class RayTrainer(Trainer):
         self.version = 0
         self.transport = c.weight_sync
         self.prefetched: dict[int, list[Batch]] = {}
+        self.average: tuple[int, list | None] | None = None  # (weight version, [ref] to theta's average at it)
         self.restarts = dict.fromkeys(self.pools, 0)
         self.reward_timeouts = {r.name: 0 for r in config.rewards}
         self._get([a.ready.remote() for a in self.rollouts + self.rewards + self.learners])
@@ -307,8 +308,16 @@ class RayTrainer(Trainer):
                 raise out
 
     def evaluate_split(self, records, steps):
-        average = self._from_learners(self.learners[0].average_weights.remote()) if self.config.algo.ema_decay else None
-        return self._ask_rollout("evaluate", records, steps, average)
+        return self._ask_rollout("evaluate", records, steps, self._average_ref())
+
+    def _average_ref(self) -> list | None:
+        """[ref] to theta's moving average for evaluations (None: evaluate the live weights). Learner rank 0 puts it
+        in the object store once per weight version, not once per split and step count evaluated."""
+        if not self.config.algo.ema_decay:
+            return None
+        if self.average is None or self.average[0] != self.version:
+            self.average = (self.version, self._from_learners(self.learners[0].average_weights.remote()))
+        return self.average[1]
 
     def learned_schedule(self, steps, prompts):
         return self._ask_rollout("learned_schedule", steps, prompts)

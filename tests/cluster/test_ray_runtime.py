@@ -26,11 +26,11 @@ def local_ray():
     ray.shutdown()
 
 
-def test_distributed_run_matches_the_single_process_trainer(tmp_path, tiny, local_ray, monkeypatch):
+def test_distributed_run_matches_the_single_process_trainer(tmp_path, tiny, eval_file, local_ray, monkeypatch):
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "jit"))  # the actors inherit it with the cluster
     config = tiny(*RAY, "algo.update=joint", "algo.kl_beta=0.04", "algo.lr_decay=cosine", "cluster.rollout_workers=2",
                   "cluster.rollout_cpus=0.5", "cluster.learner_cpus=0.5", "algo.rollouts_per_prompt=6",
-                  "algo.ema_decay=0.5")
+                  "algo.ema_decay=0.5", f"train.eval_metadata={{heldout: {eval_file}, again: {eval_file}}}")
     local = LocalTrainer(config, str(tmp_path / "local"), log=lambda line: None)
     local.train()
     dist = RayTrainer(config, str(tmp_path / "ray"), log=lambda line: None)
@@ -41,6 +41,7 @@ def test_distributed_run_matches_the_single_process_trainer(tmp_path, tiny, loca
         for key in ("loss_theta", "loss_phi", "kl_ref"):
             assert a[key] == pytest.approx(b[key], abs=1e-5), key
     assert dist.run.metrics[-1]["weight_version"] == 2
+    assert len(dist.run.evals) == 2  # two splits at one weight version: the second evaluates the cached average
     for a, b in zip(local.run.evals, dist.run.evals, strict=True):
         assert a["overall"] == b["overall"] and a["by_task"] == b["by_task"]  # theta's average, evaluated
     published = ray.get(dist.rollouts[1].weights.remote())
