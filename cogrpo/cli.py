@@ -31,6 +31,9 @@ def _sampling(p: argparse.ArgumentParser, n_per_prompt: int | None | bool = Fals
     p.add_argument("--checkpoint", help="model checkpoint: a .safetensors file or a run directory (its latest)")
     p.add_argument("--steps", type=int, help="decoding steps (default: from the config)")
     p.add_argument("--seed", type=int, help="sampling seed (default: the config seed)")
+    p.add_argument("--schedule", metavar="hand|PATH",
+                   help="decoding schedule: the hand schedule, or the learned one of a run directory or checkpoint "
+                        "(default: the checkpoint's own learned schedule if it has one, else the hand schedule)")
     if n_per_prompt is not False:
         p.add_argument("--n-per-prompt", type=int, default=n_per_prompt, help="images per prompt")
 
@@ -90,7 +93,8 @@ def _config(args: argparse.Namespace):
 
 def _setup(args: argparse.Namespace):
     """Config, model, steps, seed and schedule shared by the sampling commands. A checkpoint saved by
-    `cogrpo train` brings its learned schedule policy, used with its mean action; otherwise the hand schedule."""
+    `cogrpo train` brings its learned schedule policy, used with its mean action; otherwise the hand schedule.
+    --schedule pairs the model with another one (how much of a run's gain is its schedule, or its model)."""
     from cogrpo.learner.checkpoint import load_policy
     from cogrpo.models.checkpoint import build_model, resolve_checkpoint_path
     from cogrpo.models.interface import configure_compute
@@ -104,9 +108,11 @@ def _setup(args: argparse.Namespace):
     steps = args.steps or config.eval.steps
     seed = config.seed if args.seed is None else args.seed
     model = build_model(config.model)
-    policy = None
-    if config.model.checkpoint is not None:
-        policy = load_policy(resolve_checkpoint_path(config.model.checkpoint).parent, model.prompt_feature_dim)
+    policy, source = None, args.schedule or config.model.checkpoint
+    if source is not None and source != "hand":
+        policy = load_policy(resolve_checkpoint_path(source).parent, model.prompt_feature_dim)
+        if policy is None and args.schedule:
+            raise InputError(f"--schedule {source}: no learned schedule policy there")
     schedule = (PolicySchedule(policy, hand_knobs(config.sampler, steps), sample_actions=False) if policy
                 else HandSchedule(config.sampler, steps))
     return config, model, steps, seed, schedule

@@ -1,6 +1,7 @@
 """The CLI end to end, in-process (cogrpo.cli.main) so failures show tracebacks; exit codes as a shell sees them."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -11,6 +12,7 @@ from safetensors.torch import load_file
 from cogrpo.cli import main
 from cogrpo.data.geneval import write_jsonl
 from cogrpo.data.prompts import colors, counting, position, single_object, two_object
+from cogrpo.learner.checkpoint import POLICY_FILE
 from cogrpo.models.checkpoint import AVERAGE_FILE, MODEL_FILE, resolve_checkpoint_path
 
 RECORDS = [single_object("square"), colors("red", "circle"), counting(2, "triangle"),
@@ -51,7 +53,7 @@ def test_generate_then_eval_images_matches_eval_metadata(tmp_path, metadata, cap
     assert set(from_model["by_task"]) == {r["tag"] for r in RECORDS}
 
 
-def test_train_then_eval_the_run_directory_with_its_averaged_model_and_learned_schedule(tmp_path, metadata, capsys):
+def test_train_then_eval_the_run_directory_and_pair_its_model_and_schedule_with_others(tmp_path, metadata, capsys):
     run_dir = tmp_path / "run"
     tiny = ["--set", "train.iterations=2", "--set", "algo.prompts_per_iteration=2", "--set", "algo.group_size=4",
             "--set", "sampler.steps=4", "--set", "train.eval_steps=[4]", "--set", "algo.update=joint",
@@ -68,6 +70,24 @@ def test_train_then_eval_the_run_directory_with_its_averaged_model_and_learned_s
     live, average = (load_file(latest / name) for name in (MODEL_FILE, AVERAGE_FILE))
     assert not torch.equal(live["head.weight"], average["head.weight"])  # the run exported the average
     assert main(["train", "--config", "configs/smoke-cpu.yaml", "--run-dir", str(run_dir), *tiny]) == 2
+    capsys.readouterr()
+
+    def grid(checkpoint, *schedule) -> bytes:
+        out = tmp_path / "grid.png"
+        assert main(["sample", "--config", str(run_dir / "config.yaml"), "--checkpoint", str(checkpoint),
+                     "--prompt", "a photo of a red circle", "--n", "8", "--steps", "4", "--out", str(out),
+                     *schedule]) == 0
+        return out.read_bytes()
+
+    # --schedule swaps the schedule and keeps the model: the same images as each file alone in a folder of its own
+    assert grid(run_dir, "--schedule", "hand") != grid(run_dir)  # the run learned a schedule of its own
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(latest / AVERAGE_FILE, alone / MODEL_FILE)
+    assert grid(run_dir, "--schedule", "hand") == grid(alone / MODEL_FILE)
+    shutil.copy(latest / POLICY_FILE, alone / POLICY_FILE)
+    shutil.copy(resolve_checkpoint_path("builtin:tiny_mdm"), alone / MODEL_FILE)
+    assert grid("builtin:tiny_mdm", "--schedule", str(run_dir)) == grid(alone / MODEL_FILE)
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -76,6 +96,7 @@ def test_train_then_eval_the_run_directory_with_its_averaged_model_and_learned_s
     (["eval", "--metadata", "missing.jsonl"], "metadata file not found"),
     (["eval", "--set", "sampler.stepz=3"], "unknown config key 'sampler.stepz'"),
     (["eval", "--checkpoint", "nope.safetensors"], "checkpoint not found"),
+    (["eval", "--schedule", "elsewhere"], "--schedule elsewhere: no learned schedule policy there"),
     (["eval", "--steps", "x"], "invalid int value"),
     (["frobnicate"], "invalid choice"),
     (["generate", "--metadata", "m.jsonl"], "required"),

@@ -136,6 +136,25 @@ def theta_lr(algo: AlgoConfig, iteration: int, iterations: int) -> float:
     return algo.lr * cosine_decay(iteration / max(1, iterations - 1), algo.min_lr_ratio)
 
 
+def training_phases(algo: AlgoConfig, iteration: int) -> tuple[bool, bool]:
+    """(train theta, train phi) at this iteration."""
+    if algo.mode == "grpo":
+        return True, False
+    if algo.mode == "schedule_only":
+        return False, True
+    if algo.update == "joint":
+        return True, True
+    theta_k, phi_k = algo.alternate_every, algo.alternate_every_phi or algo.alternate_every
+    in_first_block = iteration % (theta_k + phi_k) < (theta_k if algo.first == "theta" else phi_k)
+    theta_block = in_first_block == (algo.first == "theta")
+    return theta_block, not theta_block
+
+
+def samples_schedule_actions(algo: AlgoConfig, iteration: int) -> bool:
+    """Whether this iteration's rollouts draw schedule actions from phi (else they take its mean action)."""
+    return algo.frozen_schedule == "sampled" or training_phases(algo, iteration)[1]
+
+
 class TorchStep:
     """backward, clip, step with a plain torch optimizer; returns the gradient norm. `reduce_grads` runs between
     backward and clipping (data-parallel runtimes average gradients there)."""
@@ -189,18 +208,6 @@ class Learner:
         if self.algo.kl_beta > 0:
             self.reference = reference if reference is not None else frozen_copy(model)
 
-    def phases(self, iteration: int) -> tuple[bool, bool]:
-        """(train theta, train phi) at this iteration."""
-        algo = self.algo
-        if algo.mode == "grpo":
-            return True, False
-        if algo.mode == "schedule_only":
-            return False, True
-        if algo.update == "joint":
-            return True, True
-        theta_block = (iteration // algo.alternate_every) % 2 == (0 if algo.first == "theta" else 1)
-        return theta_block, not theta_block
-
     def _minibatches(self, traj: Trajectory, epochs: int):
         """(epoch, index chunks): a fresh reproducible shuffle per epoch."""
         for epoch in range(epochs):
@@ -217,7 +224,7 @@ class Learner:
     def update(self, batch: ScoredBatch, iteration: int, stale: bool = False) -> dict:
         """stale: the samples came from older weights than the learner's; their old log-probs are recomputed and
         the behaviour -> old ratio enters as a truncated importance weight."""
-        train_theta, train_phi = self.phases(iteration)
+        train_theta, train_phi = training_phases(self.algo, iteration)
         self.policy.decay_std(iteration)  # as the rollout had it (idempotent; a remote learner has no rollout)
         algo = self.algo
         usable = batch.usable.nonzero().squeeze(-1)

@@ -202,9 +202,15 @@ class StepSubsetConfig(Section):
 
 class AlgoConfig(Section):
     mode: Literal["cogrpo", "grpo", "schedule_only"] = "cogrpo"
-    # cogrpo: alternate `alternate_every` iterations on theta (phi frozen) and on phi (theta frozen), or joint.
+    # cogrpo: alternate `alternate_every` iterations on theta (phi frozen) and `alternate_every_phi` (default: the
+    # same) on phi (theta frozen), or joint. A phi iteration costs a rollout alone, a theta one a rollout and a
+    # replay with gradients, so longer phi blocks buy schedule updates cheaply.
     update: Literal["alternating", "joint"] = "alternating"
     alternate_every: int = Field(5, ge=1)
+    alternate_every_phi: int | None = Field(None, ge=1)
+    # How the rollouts of an iteration that trains theta alone act the frozen schedule policy: with sampled actions
+    # (exploration noise, as in phi's iterations) or with its mean action, the schedule evaluation decodes with.
+    frozen_schedule: Literal["sampled", "mean"] = "sampled"
     first: Literal["theta", "phi"] = "theta"
     group_size: int = Field(8, ge=2)
     # PODS: roll out this many samples per prompt and train on the group_size of them whose rewards vary most

@@ -3,8 +3,10 @@ import json
 import pytest
 import torch
 
+from cogrpo.cluster.actors import RolloutWorker
 from cogrpo.cluster.local import LocalTrainer
 from cogrpo.proto.config import load_config
+from cogrpo.rollout.schedule import hand_knobs
 
 TIMING = {"rollout_s", "update_s", "iteration_s", "images_per_s", "seconds"}
 
@@ -68,3 +70,21 @@ def test_down_sampling_rolls_out_more_and_trains_on_group_size_per_prompt(tmp_pa
         assert row["images"] == 2 * 6  # every rollout is scored and counted in the rewards
         assert row["usable"] == 2 * 4  # the update sees group_size of each prompt's six
     assert changed(before, trainer.model)
+
+
+@pytest.mark.parametrize("frozen_schedule", ["sampled", "mean"])
+def test_rollouts_act_a_frozen_schedule_as_configured_in_both_runtimes(tmp_path, tiny, frozen_schedule):
+    """alternate_every=1, theta first: iteration 0 trains theta alone, iteration 1 phi. A fresh phi's mean action
+    is the hand schedule, so a rollout decoded with it carries the hand knobs (to rounding)."""
+    config = tiny(f"algo.frozen_schedule={frozen_schedule}")
+    local = LocalTrainer(config, str(tmp_path / "run"), log=lambda line: None)
+    remote = RolloutWorker(config)
+    remote.version = 0  # the shipped weights, as the driver's first broadcast would leave them
+    hand = hand_knobs(config.sampler, config.sampler.steps)
+    for iteration, samples_actions in ((0, frozen_schedule == "sampled"), (1, True)):
+        records, plan = local.iteration_inputs(iteration)
+        traj, _ = local.rollout_and_score(iteration, records, plan)
+        prompts = [r["prompt"] for r in records for _ in range(config.algo.samples_per_prompt)]
+        remote_traj, _, _ = remote.generate(prompts[:config.sampler.batch_size], plan, 0, iteration, 0)
+        for knobs in (traj.knobs, remote_traj.knobs):
+            assert torch.allclose(knobs, hand.expand_as(knobs), atol=1e-6) != samples_actions

@@ -6,7 +6,7 @@ import torch
 from torch.distributions import Normal, TransformedDistribution
 from torch.distributions.transforms import AffineTransform, SigmoidTransform, SoftplusTransform
 
-from cogrpo.learner.cogrpo import Learner, ScoredBatch, phi_objective, theta_trajectory_objective
+from cogrpo.learner.cogrpo import Learner, ScoredBatch, phi_objective, theta_trajectory_objective, training_phases
 from cogrpo.learner.objectives import (clipped_surrogate, cosine_decay, k3_kl, maskgrpo_rates, random_mask,
                                       truncated_is_weight)
 from cogrpo.models.schedule_policy import PolicySchedule, SchedulePolicy, squash, squash_log_det
@@ -155,3 +155,16 @@ def test_cosine_decay_runs_theta_lr_from_lr_to_its_floor_over_the_run(setup):
         assert learner.theta_step.optimizer.param_groups[0]["lr"] == pytest.approx(lr)
     constant = Learner(copy.deepcopy(model), policy, config.model_copy(update={"algo": AlgoConfig(lr=1e-3)}))
     assert constant.update(batch, 10)["lr_theta"] == 1e-3
+
+
+@pytest.mark.parametrize("settings, pattern", [
+    ({"alternate_every": 2}, "TTPPTTPP"),
+    ({"alternate_every": 2, "first": "phi"}, "PPTTPPTT"),
+    ({"alternate_every": 2, "alternate_every_phi": 3}, "TTPPPTTPPP"),
+    ({"alternate_every": 1, "alternate_every_phi": 3, "first": "phi"}, "PPPTPPPT"),
+    ({"alternate_every": 2, "update": "joint"}, "JJJJ"),
+])
+def test_alternation_runs_blocks_of_each_policy_in_turn(settings, pattern):
+    algo = AlgoConfig(**settings)
+    symbol = {(True, False): "T", (False, True): "P", (True, True): "J"}
+    assert "".join(symbol[training_phases(algo, i)] for i in range(len(pattern))) == pattern
