@@ -15,14 +15,13 @@ import ray
 import torch
 
 from cogrpo.cluster.plots import learned_schedule
-from cogrpo.cluster.trainer import schedule_for
+from cogrpo.cluster.trainer import rollout_schedule, schedule_for
 from cogrpo.cluster.weight_sync import (BroadcastGroup, connect_store, host_store, load_named_state, named_state,
                                         to_numpy)
 from cogrpo.learner.averaging import WeightAverage, weights_swapped_in
 from cogrpo.learner.checkpoint import (DEEPSPEED_DIR, load_optimizers, load_weights, rng_state,
                                        save_optimizers, save_weights, set_rng_state)
-from cogrpo.learner.cogrpo import (Learner, ScoredBatch, frozen_copy, make_phi_step, samples_schedule_actions,
-                                   theta_optimizer)
+from cogrpo.learner.cogrpo import Learner, ScoredBatch, frozen_copy, make_phi_step, theta_optimizer
 from cogrpo.models.checkpoint import build_model
 from cogrpo.models.interface import compute_device, configure_compute
 from cogrpo.models.schedule_policy import SchedulePolicy
@@ -120,9 +119,7 @@ class RolloutWorker(Actor):
         """(trajectory, images, weight version): three returns, so the driver can wait on the small one."""
         self._check_weights(version)
         config = self.config
-        self.policy.decay_std(iteration)
-        schedule = schedule_for(config, self.policy, config.sampler.steps,
-                                sample_actions=samples_schedule_actions(config.algo, iteration))
+        schedule = rollout_schedule(config, self.policy, iteration)
         cond = self.model.encode_prompts(prompts)
         traj = generate(self.model, cond, schedule, config.sampler.steps, seed, config.sampler.kind,
                         stochastic=plan.stochastic, plan=plan.plan)

@@ -9,10 +9,10 @@ import numpy as np
 import torch
 
 from cogrpo.cluster.plots import learned_schedule
-from cogrpo.cluster.trainer import Trainer, schedule_for
+from cogrpo.cluster.trainer import Trainer, rollout_schedule, schedule_for
 from cogrpo.learner.averaging import WeightAverage, weights_swapped_in
 from cogrpo.learner.checkpoint import load_optimizers, load_weights, save_optimizers, save_weights
-from cogrpo.learner.cogrpo import Learner, ScoredBatch, samples_schedule_actions
+from cogrpo.learner.cogrpo import Learner, ScoredBatch
 from cogrpo.models.checkpoint import build_model
 from cogrpo.models.interface import compute_device, configure_compute
 from cogrpo.models.schedule_policy import SchedulePolicy
@@ -36,9 +36,7 @@ class LocalTrainer(Trainer):
 
     def rollout_and_score(self, iteration: int, records: list[dict], plan: StepPlan):
         config, algo = self.config, self.config.algo
-        self.policy.decay_std(iteration)
-        schedule = schedule_for(config, self.policy, config.sampler.steps,
-                                sample_actions=samples_schedule_actions(algo, iteration))
+        schedule = rollout_schedule(config, self.policy, iteration)
         traj = collect(self.model, schedule, [r["prompt"] for r in records], algo.samples_per_prompt,
                        config.sampler.steps, plan, config.seed, iteration, config.sampler.batch_size,
                        config.sampler.kind)

@@ -23,6 +23,7 @@ from cogrpo.data.prompts import training_records
 from cogrpo.learner.advantages import down_sample, group_advantages
 from cogrpo.learner.checkpoint import (checkpoints_root, commit_checkpoint, latest_checkpoint, load_rng, mark_latest,
                                        read_state, save_rng, staging_folder)
+from cogrpo.learner.cogrpo import samples_schedule_actions
 from cogrpo.models.schedule_policy import PolicySchedule, SchedulePolicy
 from cogrpo.proto.config import Config
 from cogrpo.proto.errors import InputError
@@ -37,6 +38,13 @@ def schedule_for(config: Config, policy: SchedulePolicy, steps: int, sample_acti
     if config.algo.mode == "grpo":
         return HandSchedule(config.sampler, steps)
     return PolicySchedule(policy, hand_knobs(config.sampler, steps), sample_actions)
+
+
+def rollout_schedule(config: Config, policy: SchedulePolicy, iteration: int) -> Schedule:
+    """The schedule an iteration's rollouts decode with, in either runtime: phi's std as of this iteration, its
+    actions sampled unless phi is frozen and `algo.frozen_schedule` asks for its mean action."""
+    policy.decay_std(iteration)
+    return schedule_for(config, policy, config.sampler.steps, samples_schedule_actions(config.algo, iteration))
 
 
 def reward_stats(config: Config, terms) -> dict:
