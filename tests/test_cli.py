@@ -80,11 +80,12 @@ def test_train_then_eval_the_run_directory_and_pair_its_model_and_schedule_with_
         return out.read_bytes()
 
     # --schedule swaps the schedule and keeps the model: the same images as each file alone in a folder of its own
-    assert grid(run_dir, "--schedule", "hand") != grid(run_dir)  # the run learned a schedule of its own
+    hand = grid(run_dir, "--schedule", "hand")
+    assert hand != grid(run_dir)  # the run learned a schedule of its own
     alone = tmp_path / "alone"
     alone.mkdir()
     shutil.copy(latest / AVERAGE_FILE, alone / MODEL_FILE)
-    assert grid(run_dir, "--schedule", "hand") == grid(alone / MODEL_FILE)
+    assert hand == grid(alone / MODEL_FILE)
     shutil.copy(latest / POLICY_FILE, alone / POLICY_FILE)
     shutil.copy(resolve_checkpoint_path("builtin:tiny_mdm"), alone / MODEL_FILE)
     assert grid("builtin:tiny_mdm", "--schedule", str(run_dir)) == grid(alone / MODEL_FILE)
