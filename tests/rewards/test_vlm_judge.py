@@ -45,11 +45,13 @@ class ByWord:
 
 @pytest.fixture
 def server(chat_server):
-    return chat_server(ByWord(stall_s=1.5))
+    return chat_server(ByWord(stall_s=4.0))
 
 
 def judge(url, **extra) -> VlmJudgeReward:
-    config = VlmJudgeConfig(base_url=url, model="tiny-vlm", timeout_s=0.5, retries=1, backoff_s=0.05, **extra)
+    """timeout_s is far below the stall and far above a busy loopback server's answer to the other words (at 0.5 s
+    a loaded CI machine once timed out the "hangup" retry before the server counted it)."""
+    config = VlmJudgeConfig(base_url=url, model="tiny-vlm", timeout_s=1.5, retries=1, backoff_s=0.05, **extra)
     return build_reward(RewardConfig(kind="vlm_judge", judge=config))
 
 
@@ -74,7 +76,7 @@ def test_scores_parse_strictly_and_failures_are_invalid_never_zero(server):
     assert attempts["garbage"] == 1  # a bad reply is the model's answer: no retry
     assert attempts["hangup"] == 2  # a dropped connection is retried
     assert reward.failures == {"unparsable": 2, "timeout": 1, "out_of_range": 1, "http_404": 1, "connection": 1}
-    assert elapsed < 3.0  # requests run concurrently; the stall costs two timeouts and a backoff, not 1.5 s each
+    assert elapsed < 6.0  # the stall costs two timeouts and a backoff (3.05 s), not the 4 s stall twice
 
 
 def test_request_is_an_openai_chat_completion_with_a_png_data_url(server, monkeypatch):
