@@ -275,6 +275,7 @@ class LearnerWorker(Actor):
                                phi_step=make_phi_step(self.policy, config, reduce_grads=reduce), reference=reference)
         self.average = WeightAverage(config.algo.ema_decay) if config.algo.ema_decay and rank == 0 else None
         self.version = 0
+        self.kept_state: tuple[int, dict | None] | None = None  # (weight version, full state): see _full_state
 
     def update(self, iteration: int, parts: list, sizes: list[int], versions: list[int], advantages: np.ndarray,
                usable: np.ndarray, trained: list[int]) -> dict:
@@ -288,26 +289,33 @@ class LearnerWorker(Actor):
                             torch.ones(len(index), dtype=torch.bool), trained)
         stale = sample_version < self.version
         metrics = self.learner.update(batch, iteration, stale=bool(stale[index].any()))
+        self.version += 1
         if self.config.algo.ema_decay and metrics["train_theta"]:
-            state = self._full_state()  # collective under ZeRO-3: every rank calls it, rank 0 averages
+            state = self._full_state(keep=True)  # collective under ZeRO-3: every rank calls it, rank 0 averages
             if self.average is not None:
                 self.average.update(state)
-        self.version += 1
         return {**metrics, "weight_version": self.version, "stale_samples": int(stale.sum()),
                 "staleness": float(np.mean(self.version - 1 - sample_version)), "fetched_batches": len(needed)}
 
-    def _full_state(self) -> dict[str, torch.Tensor] | None:
+    def _full_state(self, keep: bool = False) -> dict[str, torch.Tensor] | None:
         """The full model state on rank 0 (a ZeRO-3 gather is a collective: every rank calls this). Below ZeRO-3
-        the live tensors are returned uncopied: actor calls run one at a time, so nothing updates them meanwhile."""
+        the live tensors are returned uncopied: actor calls run one at a time, so nothing updates them meanwhile.
+        keep: hold it for the next call at the same weight version (the moving average's gather after a theta
+        update serves the publish that follows, so a ZeRO-3 learner gathers once per update, not twice). Every
+        rank keeps and takes alike, so the collective stays matched."""
         import deepspeed
 
+        kept, self.kept_state = self.kept_state, None
+        if kept is not None and kept[0] == self.version:
+            return kept[1]
         params = list(self.engine.module.parameters())
         gather = self.config.cluster.zero_stage == 3
         with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=gather):
-            if self.rank != 0:
-                return None
-            state = self.engine.module.state_dict()
-            return {k: v.detach().clone() if gather else v.detach() for k, v in state.items()}
+            state = None if self.rank != 0 else {k: v.detach().clone() if gather else v.detach()
+                                                 for k, v in self.engine.module.state_dict().items()}
+        if keep:
+            self.kept_state = (self.version, state)
+        return state
 
     def weights(self) -> dict[str, np.ndarray] | None:
         """Rank 0's full message as numpy (for checks; every rank calls it, as for publish)."""
@@ -354,4 +362,4 @@ class LearnerWorker(Actor):
         load_weights(Path(folder), None, self.policy, self.average)
         load_optimizers(Path(folder), {"phi": self.learner.phi_step.optimizer})
         set_rng_state(client["rng"])
-        self.version = version
+        self.version, self.kept_state = version, None

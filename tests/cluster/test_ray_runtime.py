@@ -80,8 +80,25 @@ def test_zero_stages_with_two_learner_ranks_update_and_sync(tmp_path, tiny, loca
                   "cluster.learner_ranks=2", "cluster.learner_cpus=0.5", "cluster.rollout_cpus=0.5",
                   "algo.update=joint")
     trainer = RayTrainer(config, str(tmp_path / f"zero{stage}"), log=lambda line: None)
+
+    def count_full_state_gathers(worker) -> None:  # runs in each learner actor (nested: pickled by value)
+        import deepspeed
+
+        gather = deepspeed.zero.GatheredParameters
+        worker.gathers = 0
+
+        def counted(params, modifier_rank=None, enabled=True, **kwargs):
+            worker.gathers += enabled
+            return gather(params, modifier_rank=modifier_rank, enabled=enabled, **kwargs)
+
+        deepspeed.zero.GatheredParameters = counted
+
+    ray.get([w.__ray_call__.remote(count_full_state_gathers) for w in trainer.learners])
     trainer.train()
     row = trainer.run.metrics[0]
+    # ZeRO-3 gathers the full state once for the moving average and the publish after it, once for the checkpoint
+    gathers = ray.get([w.__ray_call__.remote(lambda worker: worker.gathers) for w in trainer.learners])
+    assert gathers == ([2, 2] if stage == 3 else [0, 0])
     assert row["train_theta"] and np.isfinite(row["loss_theta"]) and row["weight_version"] == 1
     assert (tmp_path / f"zero{stage}" / "checkpoints" / "iter_000001" / "model.safetensors").is_file()
     learned = ray.get([w.weights.remote() for w in trainer.learners])[0]
