@@ -27,13 +27,14 @@ class ByWord:
 
     def __init__(self, stall_s: float):
         self.stall_s, self.attempts, self.lock = stall_s, {}, threading.Lock()
+        self.release = threading.Event()  # ends a stall early, when the test is done with it
 
     def __call__(self, body: dict):
         word = body["messages"][0]["content"][0]["text"].split('"')[1]
         with self.lock:
             self.attempts[word] = attempt = self.attempts.get(word, 0) + 1
         if word == "slow":
-            time.sleep(self.stall_s)
+            self.release.wait(self.stall_s)
         if word == "flaky" and attempt == 1:
             return 500
         if word == "missing":
@@ -45,7 +46,9 @@ class ByWord:
 
 @pytest.fixture
 def server(chat_server):
-    return chat_server(ByWord(stall_s=4.0))
+    respond = ByWord(stall_s=4.0)
+    yield chat_server(respond)
+    respond.release.set()
 
 
 def judge(url, **extra) -> VlmJudgeReward:
