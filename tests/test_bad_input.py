@@ -65,6 +65,7 @@ GOOD = jsonl(single_object("square"), colors("red", "circle"))
     (["eval", "--set", "algo.steps.mode=window", "--set", "algo.steps.window=9"], "exceeds sampler.steps 8", {}),
     (["eval", "--set", "rewards=[]"], "at least one reward is needed", {}),
     (["eval", "--set", "algo.rollouts_per_prompt=4"], "rollouts_per_prompt 4 is below group_size 8", {}),
+    (["eval", "--set", "algo.candidate_prompts=6"], "candidate_prompts 6 is below prompts_per_iteration 8", {}),
     (["eval", "--set", "algo.token_average=token", "--set", "algo.ratio=step_product"],
      "token_average: token needs", {}),
 ])

@@ -32,7 +32,7 @@ def test_gpu_configs_resolve_with_local_absolute_paths_and_every_worker_busy(nam
     assert Path(config.model.path).is_absolute() and config.model.checkpoint is None
     assert all(Path(r.path).is_absolute() for r in config.rewards) and len(config.rewards) == 2
     assert config.sampler.steps in config.train.eval_steps and config.eval.steps == config.sampler.steps
-    batches = config.algo.prompts_per_iteration * config.algo.group_size / config.sampler.batch_size
+    batches = config.algo.rollout_prompts * config.algo.samples_per_prompt / config.sampler.batch_size
     assert batches == int(batches) and batches % config.cluster.rollout_workers == 0  # equal work per worker
 
 

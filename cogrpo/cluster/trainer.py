@@ -20,7 +20,7 @@ from cogrpo.cluster.run_dir import RunDir, run_path
 from cogrpo.data.geneval import read_metadata, resolve_metadata_path
 from cogrpo.data.grid import image_grid
 from cogrpo.data.prompts import training_records
-from cogrpo.learner.advantages import down_sample, group_advantages
+from cogrpo.learner.advantages import down_sample, group_advantages, judged_by_all, select_groups
 from cogrpo.learner.checkpoint import (checkpoints_root, commit_checkpoint, latest_checkpoint, load_rng, mark_latest,
                                        read_state, save_rng, staging_folder)
 from cogrpo.learner.cogrpo import samples_schedule_actions
@@ -62,11 +62,12 @@ def mask_unscored(terms) -> list:
     return [(scores, valid & np.isfinite(scores), weight) for scores, valid, weight in terms]
 
 
-def fault_stats(config: Config, terms, groups: np.ndarray, usable: np.ndarray) -> dict:
+def fault_stats(config: Config, terms, groups: np.ndarray) -> dict:
     """`reward_failures`: per reward, the samples it could not score (invalid, NaN or a failed call);
     `dropped_groups`: prompt groups left with fewer than two samples every reward scored, so out of the update."""
+    judged = judged_by_all(terms)
     return {"reward_failures": {r.name: int((~valid).sum()) for r, (_, valid, _) in zip(config.rewards, terms)},
-            "dropped_groups": len(np.unique(groups)) - len(np.unique(groups[usable]))}
+            "dropped_groups": sum(int(judged[groups == g].sum() < 2) for g in np.unique(groups))}
 
 
 @dataclass(frozen=True)
@@ -200,7 +201,7 @@ class Trainer(ABC):
         """An iteration's prompts and step plan: functions of (seed, iteration) alone, so a runtime may compute
         them ahead (one-step-off) and a resumed run needs no prompt-sampler state."""
         config, algo = self.config, self.config.algo
-        return (training_records(config.seed, iteration, algo.prompts_per_iteration, self.pool),
+        return (training_records(config.seed, iteration, algo.rollout_prompts, self.pool),
                 step_plan(algo.steps, config.sampler.steps, iteration, config.seed))
 
     def iterate(self, iteration: int) -> dict:
@@ -212,11 +213,13 @@ class Trainer(ABC):
         terms = mask_unscored(terms)
         groups = group_ids(len(records), algo.samples_per_prompt).numpy()
         trained = terms if algo.rollouts_per_prompt is None else down_sample(terms, groups, algo.group_size)
+        if algo.candidate_prompts is not None:
+            trained = select_groups(trained, groups, algo.prompts_per_iteration)
         adv, usable = group_advantages(trained, groups, algo.adv_eps, algo.adv_clip)
         update_start = time.time()
         metrics = self.update(iteration, handle, adv, usable, plan)
         row = {"iteration": iteration + 1, **reward_stats(config, terms),
-               **fault_stats(config, terms, groups, usable),
+               **fault_stats(config, terms, groups),
                "adv_std": float(adv[usable].std()) if usable.any() else 0.0,
                "rollout_s": round(rollout_s, 3), "update_s": round(time.time() - update_start, 3),
                "iteration_s": round(time.time() - start, 3), "images": len(groups),
@@ -270,7 +273,7 @@ class Trainer(ABC):
             row = self.iterate(iteration)
             if row["dropped_groups"]:
                 say(f"warning: iteration {iteration + 1}: {row['dropped_groups']} of "
-                    f"{config.algo.prompts_per_iteration} prompt groups dropped (fewer than two samples every "
+                    f"{config.algo.rollout_prompts} prompt groups dropped (fewer than two samples every "
                     f"reward could score; unscored samples per reward: {row['reward_failures']})")
             rewards = "  ".join(f"{k[7:]} {v:.3f}" for k, v in row.items() if k.startswith("reward/"))
             phase = "+".join(p for p, on in (("theta", row.get("train_theta")), ("phi", row.get("train_phi"))) if on)

@@ -55,11 +55,37 @@ def max_variance_subset(scores: np.ndarray, groups: np.ndarray, valid: np.ndarra
     return selected
 
 
+def combined_scores(terms: list[tuple[np.ndarray, np.ndarray, float]]) -> tuple[np.ndarray, np.ndarray]:
+    """The weighted sum of the rewards, and the samples every reward judged (the sum means nothing elsewhere)."""
+    valid = judged_by_all(terms)
+    return sum(w * np.where(valid, s, 0.0) for s, _, w in terms), valid
+
+
+def only(terms: list[tuple[np.ndarray, np.ndarray, float]],
+         selected: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, float]]:
+    """The terms with every sample outside `selected` marked invalid, so advantages and the update see the
+    selection alone."""
+    return [(s, v & selected, w) for s, v, w in terms]
+
+
 def down_sample(terms: list[tuple[np.ndarray, np.ndarray, float]], groups: np.ndarray,
                 keep: int) -> list[tuple[np.ndarray, np.ndarray, float]]:
-    """The terms with every sample outside each group's max-variance subset (by the weighted sum of the rewards,
-    over samples every reward judged) marked invalid, so advantages and the update see the subset alone."""
-    valid = judged_by_all(terms)
-    total = sum(w * np.where(valid, s, 0.0) for s, _, w in terms)
-    selected = max_variance_subset(total, groups, valid, keep)
-    return [(s, v & selected, w) for s, v, w in terms]
+    """The terms restricted to each group's max-variance subset of the combined rewards."""
+    total, valid = combined_scores(terms)
+    return only(terms, max_variance_subset(total, groups, valid, keep))
+
+
+def most_varied_groups(total: np.ndarray, groups: np.ndarray, valid: np.ndarray, keep: int) -> np.ndarray:
+    """Dynamic sampling: the samples of the `keep` groups whose valid scores spread most (standard deviation;
+    a group with fewer than two valid samples ranks last, ties go to the earlier group). Returns a bool mask."""
+    ids = np.unique(groups)
+    spread = [total[(groups == g) & valid].std() if ((groups == g) & valid).sum() >= 2 else -1.0 for g in ids]
+    kept = ids[np.argsort(-np.asarray(spread), kind="stable")[:keep]]
+    return np.isin(groups, kept)
+
+
+def select_groups(terms: list[tuple[np.ndarray, np.ndarray, float]], groups: np.ndarray,
+                  keep: int) -> list[tuple[np.ndarray, np.ndarray, float]]:
+    """The terms restricted to the `keep` groups whose combined rewards vary most."""
+    total, valid = combined_scores(terms)
+    return only(terms, most_varied_groups(total, groups, valid, keep))

@@ -217,6 +217,10 @@ class AlgoConfig(Section):
     # (max-variance down-sampling): rollouts are cheap beside an update. None: roll out group_size.
     rollouts_per_prompt: int | None = Field(None, ge=2)
     prompts_per_iteration: int = Field(8, ge=1)
+    # Dynamic sampling: roll out this many prompts per iteration and train on the prompts_per_iteration whose
+    # groups' combined rewards vary most (a group whose samples all score alike teaches next to nothing).
+    # None: roll out prompts_per_iteration, all trained.
+    candidate_prompts: int | None = Field(None, ge=1)
     inner_epochs: int = Field(1, ge=1)
     minibatch: int = Field(64, ge=1)
     clip_eps: float = Field(0.2, gt=0)
@@ -248,6 +252,9 @@ class AlgoConfig(Section):
         if self.rollouts_per_prompt is not None and self.rollouts_per_prompt < self.group_size:
             raise ValueError(f"rollouts_per_prompt {self.rollouts_per_prompt} is below group_size "
                              f"{self.group_size}: down-sampling keeps group_size of them")
+        if self.candidate_prompts is not None and self.candidate_prompts < self.prompts_per_iteration:
+            raise ValueError(f"candidate_prompts {self.candidate_prompts} is below prompts_per_iteration "
+                             f"{self.prompts_per_iteration}: selection keeps prompts_per_iteration of them")
         if self.token_average == "token" and self.ratio != "token_mean":
             raise ValueError("token_average: token needs ratio: token_mean (step_product has one ratio per step)")
         return self
@@ -256,6 +263,11 @@ class AlgoConfig(Section):
     def samples_per_prompt(self) -> int:
         """How many samples each prompt is rolled out and scored with."""
         return self.rollouts_per_prompt or self.group_size
+
+    @property
+    def rollout_prompts(self) -> int:
+        """How many prompts an iteration rolls out and scores."""
+        return self.candidate_prompts or self.prompts_per_iteration
 
 
 class TrainConfig(Section):

@@ -72,6 +72,15 @@ def test_down_sampling_rolls_out_more_and_trains_on_group_size_per_prompt(tmp_pa
     assert changed(before, trainer.model)
 
 
+def test_dynamic_sampling_rolls_out_candidate_prompts_and_trains_on_prompts_per_iteration(tmp_path, tiny):
+    trainer, before, _ = run(tiny("algo.candidate_prompts=3"), tmp_path, "dynamic")
+    for row in trainer.run.metrics:
+        assert row["images"] == 3 * 4  # three prompts rolled out and scored
+        assert row["usable"] == 2 * 4  # two of them trained
+        assert row["dropped_groups"] == 0  # the prompt left out is not a fault
+    assert changed(before, trainer.model)
+
+
 @pytest.mark.parametrize("frozen_schedule", ["sampled", "mean"])
 def test_rollouts_act_a_frozen_schedule_as_configured_in_both_runtimes(tmp_path, tiny, frozen_schedule):
     """alternate_every=1, theta first: iteration 0 trains theta alone, iteration 1 phi. A fresh phi's mean action

@@ -30,7 +30,8 @@ def test_distributed_run_matches_the_single_process_trainer(tmp_path, tiny, eval
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "jit"))  # the actors inherit it with the cluster
     config = tiny(*RAY, "algo.update=joint", "algo.kl_beta=0.04", "algo.lr_decay=cosine", "cluster.rollout_workers=2",
                   "cluster.rollout_cpus=0.5", "cluster.learner_cpus=0.5", "algo.rollouts_per_prompt=6",
-                  "algo.ema_decay=0.5", f"train.eval_metadata={{heldout: {eval_file}, again: {eval_file}}}")
+                  "algo.candidate_prompts=3", "algo.ema_decay=0.5",
+                  f"train.eval_metadata={{heldout: {eval_file}, again: {eval_file}}}")
     local = LocalTrainer(config, str(tmp_path / "local"), log=lambda line: None)
     local.train()
     dist = RayTrainer(config, str(tmp_path / "ray"), log=lambda line: None)

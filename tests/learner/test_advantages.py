@@ -3,7 +3,8 @@ import itertools
 import numpy as np
 import pytest
 
-from cogrpo.learner.advantages import down_sample, group_advantages, group_normalize, max_variance_subset
+from cogrpo.learner.advantages import (down_sample, group_advantages, group_normalize, max_variance_subset,
+                                      most_varied_groups, select_groups)
 
 
 def test_group_relative_advantage_is_z_score_within_each_group():
@@ -71,3 +72,24 @@ def test_down_sampled_terms_give_advantages_over_the_subset_alone():
     adv, usable = group_advantages(terms, np.zeros(6, int), eps=0.0)
     assert usable.sum() == 3 and usable[3] and usable[1]  # the success and the two total failures
     assert adv[3] > 0 and np.all(adv[~usable] == 0)
+
+
+def test_most_varied_groups_keeps_the_widest_spreads_and_ranks_thin_groups_last():
+    total = np.array([1.0, 1.0, 1.0,  0.0, 1.0, 0.0,  0.0, 0.2, 0.0,  5.0, 0.0, 0.0])
+    valid = np.array([True] * 9 + [True, False, False])  # group 3 has a single valid sample
+    groups = np.repeat([0, 1, 2, 3], 3)
+    assert np.unique(groups[most_varied_groups(total, groups, valid, keep=2)]).tolist() == [1, 2]
+    kept = most_varied_groups(total, groups, valid, keep=3)  # the uniform group 0 before thin group 3
+    assert np.unique(groups[kept]).tolist() == [0, 1, 2]
+    assert kept.sum() == 9  # a kept group keeps all its samples
+
+
+def test_selected_groups_alone_get_advantages_and_the_others_none():
+    strict = np.array([0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 1.0, 1.0])
+    partial = np.array([0.5, 0.5, 0.5, 0.6, 1.0, 0.0, 1.0, 1.0])
+    ones = np.ones(8, bool)
+    groups = np.repeat([0, 1, 2, 3], 2)
+    terms = select_groups([(strict, ones, 1.0), (partial, ones, 0.5)], groups, keep=2)
+    adv, usable = group_advantages(terms, groups, eps=0.0)
+    assert usable.tolist() == [False, False, True, True, True, True, False, False]  # combined spread: 0, .025, .75, 0
+    assert np.all(adv[~usable] == 0) and adv[4] > 0 > adv[5]
