@@ -20,7 +20,8 @@ from cogrpo.cluster.run_dir import RunDir, run_path
 from cogrpo.data.geneval import read_metadata, resolve_metadata_path
 from cogrpo.data.grid import image_grid
 from cogrpo.data.prompts import training_records
-from cogrpo.learner.advantages import down_sample, group_advantages, judged_by_all, select_groups
+from cogrpo.learner.advantages import (down_sample, group_advantages, in_scorable_groups, judged_by_all,
+                                      select_groups)
 from cogrpo.learner.checkpoint import (checkpoints_root, commit_checkpoint, latest_checkpoint, load_rng, mark_latest,
                                        read_state, save_rng, staging_folder)
 from cogrpo.learner.cogrpo import samples_schedule_actions
@@ -65,9 +66,9 @@ def mask_unscored(terms) -> list:
 def fault_stats(config: Config, terms, groups: np.ndarray) -> dict:
     """`reward_failures`: per reward, the samples it could not score (invalid, NaN or a failed call);
     `dropped_groups`: prompt groups left with fewer than two samples every reward scored, so out of the update."""
-    judged = judged_by_all(terms)
+    scored = in_scorable_groups(judged_by_all(terms), groups)
     return {"reward_failures": {r.name: int((~valid).sum()) for r, (_, valid, _) in zip(config.rewards, terms)},
-            "dropped_groups": sum(int(judged[groups == g].sum() < 2) for g in np.unique(groups))}
+            "dropped_groups": len(np.unique(groups)) - len(np.unique(groups[scored]))}
 
 
 @dataclass(frozen=True)

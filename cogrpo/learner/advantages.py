@@ -23,16 +23,17 @@ def judged_by_all(terms: list[tuple[np.ndarray, np.ndarray, float]]) -> np.ndarr
     return np.logical_and.reduce([v & np.isfinite(s) for s, v, _ in terms])
 
 
+def in_scorable_groups(valid: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """The valid samples of the groups that keep at least two valid ones: a group-relative advantage needs two."""
+    _, index = np.unique(groups, return_inverse=True)
+    return valid & (np.bincount(index, weights=valid)[index] >= 2)
+
+
 def group_advantages(terms: list[tuple[np.ndarray, np.ndarray, float]], groups: np.ndarray, eps: float,
                      clip: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """terms: (scores, valid, weight) per reward. Returns (advantages, usable): a sample is usable when every
     reward judged it and its group keeps at least two such samples; unusable samples get advantage 0."""
-    valid = judged_by_all(terms)
-    usable = valid.copy()
-    for g in np.unique(groups):
-        members = groups == g
-        if (members & valid).sum() < 2:
-            usable[members] = False
+    usable = in_scorable_groups(judged_by_all(terms), groups)
     adv = sum(w * group_normalize(np.where(usable, s, 0.0), groups, usable, eps) for s, _, w in terms)
     if clip is not None:
         adv = np.clip(adv, -clip, clip)
@@ -78,8 +79,8 @@ def down_sample(terms: list[tuple[np.ndarray, np.ndarray, float]], groups: np.nd
 def most_varied_groups(total: np.ndarray, groups: np.ndarray, valid: np.ndarray, keep: int) -> np.ndarray:
     """Dynamic sampling: the samples of the `keep` groups whose valid scores spread most (standard deviation;
     a group with fewer than two valid samples ranks last, ties go to the earlier group). Returns a bool mask."""
-    ids = np.unique(groups)
-    spread = [total[(groups == g) & valid].std() if ((groups == g) & valid).sum() >= 2 else -1.0 for g in ids]
+    ids, scorable = np.unique(groups), in_scorable_groups(valid, groups)
+    spread = [total[(groups == g) & scorable].std() if scorable[groups == g].any() else -1.0 for g in ids]
     kept = ids[np.argsort(-np.asarray(spread), kind="stable")[:keep]]
     return np.isin(groups, kept)
 
