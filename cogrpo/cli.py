@@ -164,13 +164,14 @@ def cmd_eval(args: argparse.Namespace) -> None:
     import numpy as np
 
     from cogrpo.data.geneval import load_image, read_generation, read_metadata, resolve_metadata_path, write_jsonl
+    from cogrpo.rewards.registry import build_reward, mask_unscored, reward_stats, score_in_batches
     from cogrpo.rollout.evaluate import evaluate, judge_images, summary
 
     if args.images:
         for flag in ("checkpoint", "steps", "seed", "n_per_prompt"):
             if getattr(args, flag) is not None:
                 raise InputError(f"--{flag.replace('_', '-')} does not apply to --images (they are already made)")
-        _config(args)  # still validate the config and overrides
+        config = _config(args)  # still validate the config and overrides
         folders = read_generation(args.images)
         records = [record for record, _ in folders]
         images = [np.stack([load_image(p) for p in paths]) for _, paths in folders]
@@ -180,17 +181,23 @@ def cmd_eval(args: argparse.Namespace) -> None:
         config, model, steps, seed, schedule = _setup(args)
         records = read_metadata(resolve_metadata_path(args.metadata or config.eval.metadata))
         start = time.time()
-        result, rows, _ = evaluate(model, records, schedule, steps, seed, config.sampler.batch_size,
-                                   args.n_per_prompt or config.eval.n_per_prompt, config.sampler.kind)
+        result, rows, images = evaluate(model, records, schedule, steps, seed, config.sampler.batch_size,
+                                        args.n_per_prompt or config.eval.n_per_prompt, config.sampler.kind)
         result.update(steps=steps, seconds=round(time.time() - start, 1))
+    # the config's rewards too: GenEval's judge knows only the shapes world, a reward model any image
+    metadata = [record for record, samples in zip(records, images, strict=True) for _ in samples]
+    terms = score_in_batches([(build_reward(r), r.weight) for r in config.rewards], np.concatenate(list(images)),
+                             metadata, config.sampler.batch_size)
+    result.update(reward_stats(config.rewards, mask_unscored(terms)))
     if args.results:
         write_jsonl(args.results, rows)
     if args.json:
         print(json.dumps(result))
     else:
         tasks = "  ".join(f"{k} {v:.3f}" for k, v in result["by_task"].items())
+        rewards = "  ".join(f"{k[7:]} {v:.3f}" for k, v in result.items() if k.startswith("reward/"))
         print(f"overall {result['overall']:.3f}  strict {result['strict']:.3f}  partial {result['partial']:.3f}"
-              f"  ({result['images']} images)\n{tasks}")
+              f"  ({result['images']} images)\n{tasks}\nrewards: {rewards}")
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
@@ -236,7 +243,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         from cogrpo.cluster.local import LocalTrainer
 
         evals = LocalTrainer(config, args.run_dir, resume=args.resume).train()
-    print(json.dumps({"final_eval": [{k: r[k] for k in ("split", "steps", "overall", "strict", "partial")}
+    kept = ("split", "steps", "overall", "strict", "partial")
+    print(json.dumps({"final_eval": [{k: v for k, v in r.items() if k in kept or k.startswith("reward/")}
                                      for r in evals]}))
 
 

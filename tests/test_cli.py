@@ -46,8 +46,11 @@ def test_generate_then_eval_images_matches_eval_metadata(tmp_path, metadata, cap
     from_images = json.loads(capsys.readouterr().out)
     assert main(["eval", "--metadata", str(metadata), "--json", *common]) == 0
     from_model = json.loads(capsys.readouterr().out)
-    for key in ("overall", "strict", "partial", "by_task"):
+    for key in ("overall", "strict", "partial", "by_task", "reward/shapes_strict", "reward/shapes_partial"):
         assert from_images[key] == from_model[key]
+    # the config's rewards score the same images as GenEval's judge, which here is the same detector
+    assert from_model["reward/shapes_strict"] == from_model["strict"]
+    assert from_model["reward/shapes_partial"] == pytest.approx(from_model["partial"])
     rows = [json.loads(line) for line in results.read_text().splitlines()]
     assert len(rows) == 10 and {"tag", "prompt", "correct", "reason"} <= set(rows[0])
     assert set(from_model["by_task"]) == {r["tag"] for r in RECORDS}
@@ -65,6 +68,7 @@ def test_train_then_eval_the_run_directory_and_pair_its_model_and_schedule_with_
                  "--metadata", str(metadata), "--steps", "4", "--json"]) == 0
     again = json.loads(capsys.readouterr().out)
     assert again["overall"] == final[0]["overall"]  # same averaged model, same learned schedule, same seeds
+    assert again["reward/shapes_partial"] == final[0]["reward/shapes_partial"]
     latest = run_dir / "checkpoints" / "iter_000002"
     assert resolve_checkpoint_path(str(run_dir)) == latest / AVERAGE_FILE
     live, average = (load_file(latest / name) for name in (MODEL_FILE, AVERAGE_FILE))

@@ -126,14 +126,17 @@ class RolloutWorker(Actor):
         return traj, self.model.decode_images(traj.tokens), self.version
 
     def evaluate(self, records: list[dict], steps: int, average: list | None, version: int):
-        """average: [ref] to the learner's moving average of theta, evaluated in place of the live weights."""
+        """((GenEval summary, the first 16 records' images), then each batch of sampler.batch_size images as a
+        return of its own, for the driver to pass on to the reward workers unseen). average: [ref] to the
+        learner's moving average of theta, evaluated in place of the live weights."""
         self._check_weights(version)
         config = self.config
         schedule = schedule_for(config, self.policy, steps, sample_actions=False)
         with weights_swapped_in(self.model, ray.get(average[0]) if average else None):
             result, _, images = evaluate(self.model, records, schedule, steps, config.seed,
                                          config.sampler.batch_size, config.eval.n_per_prompt, config.sampler.kind)
-        return result, images[:16]
+        flat, size = images.reshape(-1, *images.shape[2:]), config.sampler.batch_size
+        return ((result, images[:16]), *(flat[start: start + size] for start in range(0, len(flat), size)))
 
     def learned_schedule(self, steps: int, prompts: list[str], version: int) -> torch.Tensor:
         self._check_weights(version)

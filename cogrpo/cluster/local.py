@@ -16,7 +16,7 @@ from cogrpo.learner.cogrpo import Learner, ScoredBatch
 from cogrpo.models.checkpoint import build_model
 from cogrpo.models.interface import compute_device, configure_compute
 from cogrpo.models.schedule_policy import SchedulePolicy
-from cogrpo.rewards.registry import build_reward, score_all
+from cogrpo.rewards.registry import build_reward, score_all, score_in_batches
 from cogrpo.rollout.collect import collect
 from cogrpo.rollout.evaluate import evaluate
 from cogrpo.rollout.schedule import hand_knobs
@@ -51,13 +51,16 @@ class LocalTrainer(Trainer):
             self.average.update(self.model.state_dict())
         return metrics
 
-    def evaluate_split(self, records: list[dict], steps: int) -> tuple[dict, np.ndarray]:
+    def evaluate_split(self, records: list[dict], steps: int) -> tuple[dict, np.ndarray, list]:
         config = self.config
         schedule = schedule_for(config, self.policy, steps, sample_actions=False)
         with weights_swapped_in(self.model, self.average.state if self.average else None):
             result, _, images = evaluate(self.model, records, schedule, steps, config.seed,
                                          config.sampler.batch_size, config.eval.n_per_prompt, config.sampler.kind)
-        return result, images
+        metadata = [r for r in records for _ in range(config.eval.n_per_prompt)]
+        terms = score_in_batches(self.rewards, images.reshape(-1, *images.shape[2:]), metadata,
+                                 config.sampler.batch_size)
+        return result, images[:16], terms
 
     def learned_schedule(self, steps: int, prompts: list[str]) -> torch.Tensor:
         feat = self.model.prompt_features_cpu(self.model.encode_prompts(prompts))

@@ -30,6 +30,7 @@ from cogrpo.cluster.actors import (REWARD, ROLLOUT, LearnerWorker, RewardWorker,
 from cogrpo.cluster.trainer import Trainer
 from cogrpo.proto.config import Config
 from cogrpo.proto.errors import FaultError, InputError
+from cogrpo.rewards.registry import join_batches
 from cogrpo.rollout.collect import rollout_seed
 from cogrpo.rollout.steps import StepPlan
 
@@ -73,8 +74,8 @@ class Batch:
     seed and workers give the same samples."""
 
     index: int  # within the iteration: picks the seed and the workers
-    iteration: int
-    plan: StepPlan
+    iteration: int | None  # None: a batch of evaluation images, scored but never generated again
+    plan: StepPlan | None
     prompts: list[str]
     metadata: list[dict]
     traj: ray.ObjectRef | None = None
@@ -205,14 +206,17 @@ class RayTrainer(Trainer):
 
     # ---- one iteration ----
     def _launch(self, iteration: int, records: list[dict], plan: StepPlan) -> list[Batch]:
-        config = self.config
-        metadata = [r for r in records for _ in range(config.algo.samples_per_prompt)]
-        size = config.sampler.batch_size
-        batches = [Batch(k, iteration, plan, [r["prompt"] for r in chunk], chunk)
-                   for k, chunk in enumerate(metadata[s: s + size] for s in range(0, len(metadata), size))]
+        batches = self._batches([r for r in records for _ in range(self.config.algo.samples_per_prompt)],
+                                iteration, plan)
         for batch in batches:
             self._issue(batch)
         return batches
+
+    def _batches(self, metadata: list[dict], iteration: int | None, plan: StepPlan | None) -> list[Batch]:
+        """The samples of `metadata` (one record each) in batches of sampler.batch_size, as workers take them."""
+        size = self.config.sampler.batch_size
+        return [Batch(k, iteration, plan, [r["prompt"] for r in chunk], chunk)
+                for k, chunk in enumerate(metadata[s: s + size] for s in range(0, len(metadata), size))]
 
     def _issue(self, batch: Batch) -> None:
         """Submit (again) a batch's generation and every reward term's scoring of its images: each image reference
@@ -230,9 +234,10 @@ class RayTrainer(Trainer):
     def rollout_and_score(self, iteration: int, records: list[dict], plan: StepPlan):
         batches = self.prefetched.pop(iteration, None) or self._launch(iteration, records, plan)
         per_batch = [self._settle(batch) for batch in batches]
-        terms = [(np.concatenate([b[i][0] for b in per_batch]), np.concatenate([b[i][1] for b in per_batch]),
-                  reward.weight) for i, reward in enumerate(self.config.rewards)]
-        return batches, terms
+        return batches, self._terms(per_batch)
+
+    def _terms(self, per_batch: list[list[tuple[np.ndarray, np.ndarray]]]) -> list:
+        return join_batches(per_batch, [reward.weight for reward in self.config.rewards])
 
     def _settle(self, batch: Batch) -> list[tuple[np.ndarray, np.ndarray]]:
         """A batch's generation, then its scores per term. Batches are settled in order, so every earlier call on
@@ -263,7 +268,9 @@ class RayTrainer(Trainer):
             except ray.exceptions.RayActorError:  # its worker died under it: not the reward's failure
                 self._recover(REWARD, scorer)
             except ray.exceptions.RayTaskError as exc:
-                self.log(f"reward {name} failed on a batch of iteration {batch.iteration + 1}: {_first_line(exc)}")
+                batch_name = ("an evaluation batch" if batch.iteration is None
+                              else f"a batch of iteration {batch.iteration + 1}")
+                self.log(f"reward {name} failed on {batch_name}: {_first_line(exc)}")
                 failures += 1
             if failures > c.reward_retries:
                 return np.full(len(batch.prompts), np.nan), np.zeros(len(batch.prompts), dtype=bool)
@@ -308,7 +315,16 @@ class RayTrainer(Trainer):
                 raise out
 
     def evaluate_split(self, records, steps):
-        return self._ask_rollout("evaluate", records, steps, self._average_ref())
+        """Rollout worker 0 decodes; its image batches go straight to the reward workers and are scored (with
+        their timeouts and retries) as rollout batches are."""
+        batches = self._batches([r for r in records for _ in range(self.config.eval.n_per_prompt)], None, None)
+        (result, samples), image_refs = self._ask_rollout("evaluate", records, steps, self._average_ref(),
+                                                          kept=len(batches))
+        for batch, images in zip(batches, image_refs, strict=True):
+            batch.images = images
+            batch.scores = [self._score(batch, term) for term in range(len(self.config.rewards))]
+        return result, samples, self._terms([[self._settle_score(batch, term)
+                                              for term in range(len(self.config.rewards))] for batch in batches])
 
     def _average_ref(self) -> list | None:
         """[ref] to theta's moving average for evaluations (None: evaluate the live weights). Learner rank 0 puts it
@@ -322,11 +338,16 @@ class RayTrainer(Trainer):
     def learned_schedule(self, steps, prompts):
         return self._ask_rollout("learned_schedule", steps, prompts)
 
-    def _ask_rollout(self, method: str, *args):
-        """A call on rollout worker 0 with the current weights, issued again if the worker restarted."""
+    def _ask_rollout(self, method: str, *args, kept: int = 0):
+        """A call on rollout worker 0 with the current weights, issued again if the worker restarted. With kept > 0,
+        (its first return, references to the `kept` others): objects the driver owns, which outlive the worker."""
         while True:
+            call = getattr(self.rollouts[0], method)
             try:
-                return self._get(getattr(self.rollouts[0], method).remote(*args, self.version))
+                if not kept:
+                    return self._get(call.remote(*args, self.version))
+                refs = call.options(num_returns=1 + kept).remote(*args, self.version)
+                return self._get(refs[0]), refs[1:]
             except RESTARTED:
                 self._recover(ROLLOUT, 0)
 

@@ -28,6 +28,7 @@ from cogrpo.learner.cogrpo import samples_schedule_actions
 from cogrpo.models.schedule_policy import PolicySchedule, SchedulePolicy
 from cogrpo.proto.config import Config
 from cogrpo.proto.errors import InputError
+from cogrpo.rewards.registry import mask_unscored, reward_stats
 from cogrpo.rollout.collect import group_ids
 from cogrpo.rollout.evaluate import judge_images
 from cogrpo.rollout.schedule import HandSchedule, Schedule, hand_knobs
@@ -46,21 +47,6 @@ def rollout_schedule(config: Config, policy: SchedulePolicy, iteration: int) -> 
     actions sampled unless phi is frozen and `algo.frozen_schedule` asks for its mean action."""
     policy.decay_std(iteration)
     return schedule_for(config, policy, config.sampler.steps, samples_schedule_actions(config.algo, iteration))
-
-
-def reward_stats(config: Config, terms) -> dict:
-    """`reward/<name>` and `reward_std/<name>`: each term's mean and spread over its valid samples (NaN if none)."""
-    row = {}
-    for reward, (scores, valid, _) in zip(config.rewards, terms):
-        values = scores[valid]
-        row[f"reward/{reward.name}"] = float(np.mean(values)) if len(values) else float("nan")
-        row[f"reward_std/{reward.name}"] = float(np.std(values)) if len(values) else float("nan")
-    return row
-
-
-def mask_unscored(terms) -> list:
-    """A NaN (or infinite) score is no score: it counts as invalid everywhere after this."""
-    return [(scores, valid & np.isfinite(scores), weight) for scores, valid, weight in terms]
 
 
 def fault_stats(config: Config, terms, groups: np.ndarray) -> dict:
@@ -160,8 +146,10 @@ class Trainer(ABC):
         """One learner update; returns its metrics."""
 
     @abstractmethod
-    def evaluate_split(self, records: list[dict], steps: int) -> tuple[dict, np.ndarray]:
-        """GenEval summary and the images (len(records), n, H, W, 3) with the current policies' mean schedule."""
+    def evaluate_split(self, records: list[dict], steps: int) -> tuple[dict, np.ndarray, list]:
+        """Decode `config.eval.n_per_prompt` images per record with the current policies' mean schedule: their
+        GenEval summary, the images of the first 16 records (16, n, H, W, 3), and every reward's terms over all
+        the images (record-major), scored as rollouts are."""
 
     @abstractmethod
     def learned_schedule(self, steps: int, prompts: list[str]) -> torch.Tensor:
@@ -219,7 +207,7 @@ class Trainer(ABC):
         adv, usable = group_advantages(trained, groups, algo.adv_eps, algo.adv_clip)
         update_start = time.time()
         metrics = self.update(iteration, handle, adv, usable, plan)
-        row = {"iteration": iteration + 1, **reward_stats(config, terms),
+        row = {"iteration": iteration + 1, **reward_stats(config.rewards, terms),
                **fault_stats(config, terms, groups),
                "adv_std": float(adv[usable].std()) if usable.any() else 0.0,
                "rollout_s": round(rollout_s, 3), "update_s": round(time.time() - update_start, 3),
@@ -235,12 +223,13 @@ class Trainer(ABC):
         first = next(iter(self.eval_sets))
         for steps in config.train.eval_steps:
             for split, records in self.eval_sets.items():
-                result, images = self.evaluate_split(records, steps)
-                row = {"iteration": iteration, "split": split, "steps": steps, **result}
+                result, images, terms = self.evaluate_split(records, steps)
+                row = {"iteration": iteration, "split": split, "steps": steps, **result,
+                       **reward_stats(config.rewards, mask_unscored(terms))}
                 self.run.log_eval(row)
                 rows.append(row)
                 if split == first and steps == config.sampler.steps:
-                    self._sample_grid(iteration, records[:16], images[:16, 0])
+                    self._sample_grid(iteration, records[:16], images[:, 0])
         steps = config.sampler.steps
         prompts = [r["prompt"] for r in self.eval_sets[first][:64]]
         learned = self.learned_schedule(steps, prompts)
@@ -297,4 +286,7 @@ class Trainer(ABC):
 
     @staticmethod
     def _eval_line(rows: list[dict]) -> str:
-        return "  ".join(f"eval {r['split']}@{r['steps']} overall {r['overall']:.3f}" for r in rows)
+        """Each split's GenEval overall (meaningful on the shapes world) and its mean rewards (on any model)."""
+        return "  ".join(f"eval {r['split']}@{r['steps']} overall {r['overall']:.3f}"
+                         + "".join(f" {k[7:]} {v:.3f}" for k, v in r.items() if k.startswith("reward/"))
+                         for r in rows)

@@ -39,8 +39,9 @@ def kill(actor) -> None:
 
 def test_killed_rollout_workers_restart_and_their_batches_come_out_the_same(tmp_path, tiny, ray_runtime):
     class KillsRolloutWorkers(ray_runtime.RayTrainer):
-        """Kills worker 1 just before the weight broadcast after the first update, and worker 0 while it
-        generates the last iteration's first batch."""
+        """Kills worker 1 just before the weight broadcast after the first update, worker 0 while it generates
+        the last iteration's first batch, and worker 0 again once it has made the final evaluation's images,
+        before any of them is scored."""
 
         def sync_weights(self):
             if self.version == 1:
@@ -53,11 +54,17 @@ def test_killed_rollout_workers_restart_and_their_batches_come_out_the_same(tmp_
                 kill(self.rollouts[0])
             return batches
 
+        def _score(self, batch, term):
+            if batch.iteration is None and batch.index == 0 and term == 0:
+                kill(self.rollouts[0])
+            return super()._score(batch, term)
+
     config = tiny(*RAY, "train.iterations=3", "cluster.rollout_workers=2", "algo.update=joint")
     lines = []
     faulty = KillsRolloutWorkers(config, str(tmp_path / "ray"), log=lines.append)
     faulty.train()
-    assert "rollout worker 1 restarted" in "\n".join(lines) and "rollout worker 0 restarted" in "\n".join(lines)
+    restarts = [line.split(" (")[0] for line in lines if " restarted (process" in line]
+    assert restarts == ["rollout worker 1 restarted", "rollout worker 0 restarted", "rollout worker 0 restarted"]
     local = LocalTrainer(config, str(tmp_path / "local"), log=lambda line: None)
     local.train()
     rows = faulty.run.metrics
@@ -69,6 +76,9 @@ def test_killed_rollout_workers_restart_and_their_batches_come_out_the_same(tmp_
         for key in ("reward/shapes_strict", "reward/shapes_partial", "adv_std"):  # the same samples
             assert ray_row[key] == local_row[key], key
         assert ray_row["loss_theta"] == pytest.approx(local_row["loss_theta"], abs=1e-5)
+    [ray_eval], [local_eval] = faulty.run.evals, local.run.evals  # the images outlived the worker that made them
+    for key in ("overall", "reward/shapes_strict", "reward/shapes_partial"):
+        assert ray_eval[key] == local_eval[key], key
 
 
 class StallingJudge:
@@ -108,6 +118,7 @@ def test_hung_reward_calls_time_out_are_retried_then_left_unscored(tmp_path, tin
     assert row["actor_restarts"] == {"rollout": 0, "reward": 3}  # a hung worker is freed by a restart
     assert row["reward_failures"] == {"vlm_judge_judge": 4}
     assert row["dropped_groups"] == 1 and row["usable"] == 4 and row["reward/vlm_judge_judge"] == 5.0
+    assert trainer.run.evals[0]["reward/vlm_judge_judge"] == 5.0  # the judge scores the held-out images too
 
 
 def test_nan_scores_are_masked_and_a_group_left_with_one_sample_is_dropped(tmp_path, tiny, monkeypatch):

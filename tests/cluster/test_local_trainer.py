@@ -39,6 +39,17 @@ def test_fixed_seeds_reproduce_the_run_exactly(tmp_path, tiny):
     assert load_config(run_dir / "config.yaml") == config
 
 
+def test_evaluations_score_every_image_with_the_runs_rewards(tmp_path, tiny):
+    trainer = LocalTrainer(tiny("train.iterations=1", "eval.n_per_prompt=3", "sampler.batch_size=4"),
+                           str(tmp_path / "run"), log=lambda line: None)
+    trainer.train()
+    for row in trainer.run.evals:  # 6 prompts x 3 images, in batches of 4; the shapes rewards judge as GenEval's does
+        assert row["images"] == 18
+        assert row["reward/shapes_strict"] == row["strict"]
+        assert row["reward/shapes_partial"] == pytest.approx(row["partial"]) and row["partial"] > 0
+        assert row["reward_std/shapes_partial"] > 0
+
+
 @pytest.mark.parametrize("mode, update, phases", [
     ("grpo", "alternating", [(True, False), (True, False)]),
     ("schedule_only", "alternating", [(False, True), (False, True)]),

@@ -45,6 +45,8 @@ def test_distributed_run_matches_the_single_process_trainer(tmp_path, tiny, eval
     assert len(dist.run.evals) == 2  # two splits at one weight version: the second evaluates the cached average
     for a, b in zip(local.run.evals, dist.run.evals, strict=True):
         assert a["overall"] == b["overall"] and a["by_task"] == b["by_task"]  # theta's average, evaluated
+        for key in ("reward/shapes_strict", "reward/shapes_partial"):  # scored by the reward workers, batch by batch
+            assert a[key] == b[key], key
     published = ray.get(dist.rollouts[1].weights.remote())
     mine = to_numpy(named_state(local.model, local.policy))
     for name, value in mine.items():
