@@ -1,7 +1,8 @@
-"""Training metrics for Prometheus, taken from the per-iteration row the Trainer already logs to metrics.jsonl, so
-the dashboard and the run directory can never disagree.
+"""Training metrics for Prometheus, taken from the rows the Trainer already logs to metrics.jsonl (one per
+iteration) and eval.jsonl (one per split and step count evaluated), so the dashboard and the run directory can never
+disagree.
 
-Two exports, each optional, both fed by `MetricsSink.record(row)`:
+Two exports, each optional, both fed by `MetricsSink.record(row)` (and `record_eval`, `record_schedule`):
 - the Ray runtime records through `ray.util.metrics`. Ray's metrics agent on the driver's node serves them,
   prefixed `ray_` (`ray_cogrpo_reward_mean`); Ray's service-discovery file tells Prometheus where, and
   docker/prometheus/prometheus.yml strips the prefix, so every query names `cogrpo_*` whichever export it came from.
@@ -56,6 +57,10 @@ METRICS: dict[str, Metric] = {
     "cogrpo_clip_fraction": Metric("gauge", "fraction of ratios clipped by the PPO objective", ("policy",)),
     "cogrpo_schedule": Metric("gauge", "learned schedule: the policy's mean knob value per decoding step",
                               ("knob", "step")),
+    "cogrpo_eval_score": Metric("gauge", "GenEval overall score of the latest evaluation (shapes detector)",
+                                ("split", "steps")),
+    "cogrpo_eval_reward": Metric("gauge", "mean reward over the latest evaluation's images",
+                                 ("split", "steps", "reward")),
     "cogrpo_actor_restarts": Metric("counter", "actors restarted after a failure", ("role",)),
     "cogrpo_reward_failures": Metric("counter", "samples a reward could not score (invalid, NaN or a failed call)",
                                      ("reward",)),
@@ -113,6 +118,14 @@ def schedule_samples(table: torch.Tensor) -> list[Sample]:
     """(steps, len(KNOBS)) learned knob values -> one cogrpo_schedule sample per knob and step."""
     return [("cogrpo_schedule", float(table[step, k]), {"knob": knob, "step": str(step)})
             for step in range(len(table)) for k, knob in enumerate(KNOBS)]
+
+
+def eval_samples(row: dict) -> list[Sample]:
+    """One evaluation row (a split at a step count) -> its GenEval score and its mean rewards."""
+    where = {"split": row["split"], "steps": str(row["steps"])}
+    return [("cogrpo_eval_score", float(row["overall"]), where)] + [
+        ("cogrpo_eval_reward", float(value), {**where, "reward": key[len("reward/"):]})
+        for key, value in row.items() if key.startswith("reward/")]
 
 
 # what each kind of metric does with a sample, in both prometheus_client and ray.util.metrics
@@ -204,6 +217,9 @@ class MetricsSink:
 
     def record_schedule(self, table: torch.Tensor) -> None:
         self._emit(schedule_samples(table))
+
+    def record_eval(self, row: dict) -> None:
+        self._emit(eval_samples(row))
 
     def _emit(self, samples: list[Sample]) -> None:
         for export in self.exports:

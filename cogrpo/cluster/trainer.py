@@ -227,6 +227,7 @@ class Trainer(ABC):
                 row = {"iteration": iteration, "split": split, "steps": steps, **result,
                        **reward_stats(config.rewards, mask_unscored(terms))}
                 self.run.log_eval(row)
+                self.metrics.record_eval(row)
                 rows.append(row)
                 if split == first and steps == config.sampler.steps:
                     self._sample_grid(iteration, records[:16], images[:, 0])

@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from cogrpo.cluster.local import LocalTrainer
-from cogrpo.cluster.metrics import METRICS, MetricsSink, row_samples
+from cogrpo.cluster.metrics import METRICS, MetricsSink, eval_samples, row_samples
 from cogrpo.proto.config import MetricsConfig
 from cogrpo.proto.errors import InputError
 from cogrpo.proto.messages import KNOBS
@@ -29,6 +29,10 @@ ROW = {"iteration": 3, "reward/shapes_strict": 0.25, "reward_std/shapes_strict":
        "train_theta": True, "train_phi": False, "clip_frac_theta": 0.1, "approx_kl_theta": 0.01,
        "weight_version": 3, "staleness": 0.5, "sync_s": 0.02, "actor_restarts": {"rollout": 1, "reward": 0},
        "reward_failures": {"shapes_strict": 2}, "reward_timeouts": {"shapes_strict": 1}, "dropped_groups": 1}
+
+
+EVAL_ROW = {"iteration": 40, "split": "heldout", "steps": 8, "overall": 0.4, "strict": 0.41, "partial": 0.56,
+            "by_task": {"colors": 0.9}, "images": 400, "reward/shapes_strict": 0.41, "reward_std/shapes_strict": 0.49}
 
 
 def fetch(url: str) -> str:
@@ -51,6 +55,12 @@ def test_a_row_becomes_gauges_counters_and_a_histogram_sample():
     assert {name for name, _ in samples} <= set(METRICS)
 
 
+def test_an_evaluation_row_becomes_its_score_and_mean_rewards_per_split_and_step_count():
+    assert eval_samples(EVAL_ROW) == [
+        ("cogrpo_eval_score", 0.4, {"split": "heldout", "steps": "8"}),
+        ("cogrpo_eval_reward", 0.41, {"split": "heldout", "steps": "8", "reward": "shapes_strict"})]
+
+
 def exported_names(url: str) -> set[str]:
     return {line.split("{")[0].split(" ")[0] for line in fetch(url).splitlines() if line.startswith("cogrpo_")}
 
@@ -63,6 +73,7 @@ def test_every_dashboard_query_names_a_metric_the_code_exports():
     try:
         sink.record(ROW)
         sink.record_schedule(torch.rand(4, len(KNOBS)))
+        sink.record_eval(EVAL_ROW)
         exported = exported_names(sink.url)
     finally:
         sink.close()
@@ -147,7 +158,7 @@ def prometheus(tmp_path):
 
 
 @needs_prometheus
-def test_prometheus_scrapes_the_reward_of_a_local_training_run(tmp_path, tiny, prometheus):
+def test_prometheus_scrapes_the_rewards_and_evaluation_of_a_local_training_run(tmp_path, tiny, prometheus):
     config = tiny("metrics.port=0", "train.eval_at_start=false")
     trainer = LocalTrainer(config, str(tmp_path / "run"), log=lambda line: None)
     try:
@@ -160,6 +171,12 @@ def test_prometheus_scrapes_the_reward_of_a_local_training_run(tmp_path, tiny, p
         assert len(got) == 2  # shapes_strict and shapes_partial
         schedule = query("cogrpo_schedule", lambda r: len(r) == len(KNOBS) * config.sampler.steps)
         assert {s["metric"]["knob"] for s in schedule} == set(KNOBS)
+        final = trainer.run.evals[-1]
+        want = {name[len("reward/"):]: value for name, value in final.items() if name.startswith("reward/")}
+        query('cogrpo_eval_reward{job="cogrpo-driver", split="heldout"}',
+              lambda r: {s["metric"]["reward"]: float(s["value"][1]) for s in r} == want)
+        query('cogrpo_eval_score{job="cogrpo-driver"}',
+              lambda r: [float(s["value"][1]) for s in r] == [final["overall"]])
     finally:
         trainer.metrics.close()
 
