@@ -15,17 +15,26 @@ from cogrpo.proto.messages import KNOBS  # noqa: E402
 
 
 def plot_rewards(metrics: list[dict], evals: list[dict], path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(7, 4))
+    """Each reward per iteration (lines) and per evaluation (markers, one style per split and step count, in the
+    reward's colour), beside GenEval's overall per evaluation (grey)."""
+    fig, ax = plt.subplots(figsize=(9, 4))
     its = [m["iteration"] for m in metrics]
+    colours = {}
     for key in sorted(k for k in metrics[0] if k.startswith("reward/")):
-        ax.plot(its, [m[key] for m in metrics], lw=1, alpha=0.8, label=f"train {key[7:]}")
-    for split in sorted({e["split"] for e in evals}):
-        rows = [e for e in evals if e["split"] == split]
-        ax.plot([e["iteration"] for e in rows], [e["overall"] for e in rows], "o-", label=f"eval {split} overall")
+        (line,) = ax.plot(its, [m[key] for m in metrics], lw=1, alpha=0.8, label=f"train {key[7:]}")
+        colours[key] = line.get_color()
+    markers = "os^vD"
+    for n, (split, steps) in enumerate(sorted({(e["split"], e["steps"]) for e in evals})):
+        rows = [e for e in evals if (e["split"], e["steps"]) == (split, steps)]
+        x, style = [e["iteration"] for e in rows], f"{markers[n % len(markers)]}--"
+        ax.plot(x, [e["overall"] for e in rows], style, color="0.4", label=f"eval {split}@{steps} overall")
+        for key, colour in colours.items():
+            if key in rows[0]:
+                ax.plot(x, [e[key] for e in rows], style, color=colour, label=f"eval {split}@{steps} {key[7:]}")
     ax.set_xlabel("iteration")
     ax.set_ylabel("score")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
