@@ -7,6 +7,8 @@ rollout pool; each batch's images go straight to a reward worker; the driver tur
 advantages; every learner rank takes its shard of the trajectories from the object store and updates; learner
 rank 0 publishes the new weights (model and schedule policy, one versioned message); rollout workers swap them in
 between batches. With max_staleness 1 the next iteration's rollouts are launched before the update finishes.
+An evaluation is decoded by rollout worker 0 (theta's moving average, if kept, swapped in) and its image batches
+are scored by the reward workers as a rollout's are.
 
 Faults: Ray restarts a dead rollout or reward worker (cluster.max_restarts); the driver waits for it, gives a
 rollout worker the current weights, and issues the calls it lost again with the same inputs and seeds. A hung
@@ -83,6 +85,7 @@ class Batch:
     version_ref: ray.ObjectRef | None = None
     version: int | None = None  # the weight version that made it, once generated
     scores: list = field(default_factory=list)  # a ref per reward term
+    settled: list | None = None  # (scores, valid) per reward term, once settled
 
 
 RESTARTED = (ray.exceptions.RayActorError, WeightsMissing)  # a call that failed because its worker restarted
@@ -240,15 +243,18 @@ class RayTrainer(Trainer):
         return join_batches(per_batch, [reward.weight for reward in self.config.rewards])
 
     def _settle(self, batch: Batch) -> list[tuple[np.ndarray, np.ndarray]]:
-        """A batch's generation, then its scores per term. Batches are settled in order, so every earlier call on
-        the same reward worker has ended when a term's wait starts, and its timeout measures that call alone."""
+        """A batch's generation, then its scores per term (once; later calls return them). Batches are settled in
+        the order their calls were issued, so every earlier call on the same reward worker has ended when a term's
+        wait starts, and its timeout measures that call alone."""
         while batch.version is None:
             try:
                 batch.version = self._get(batch.version_ref)
             except RESTARTED:
                 self._recover(ROLLOUT, batch.index % len(self.rollouts))
                 self._issue(batch)
-        return [self._settle_score(batch, term) for term in range(len(self.config.rewards))]
+        if batch.settled is None:
+            batch.settled = [self._settle_score(batch, term) for term in range(len(self.config.rewards))]
+        return batch.settled
 
     def _settle_score(self, batch: Batch, term: int) -> tuple[np.ndarray, np.ndarray]:
         """One term's (scores, valid) for a batch. A call that hangs past cluster.reward_timeout_s has its worker
@@ -317,14 +323,16 @@ class RayTrainer(Trainer):
     def evaluate_split(self, records, steps):
         """Rollout worker 0 decodes; its image batches go straight to the reward workers and are scored (with
         their timeouts and retries) as rollout batches are."""
+        for prefetched in self.prefetched.values():  # one step off: their scoring calls are queued first
+            for batch in prefetched:
+                self._settle(batch)
         batches = self._batches([r for r in records for _ in range(self.config.eval.n_per_prompt)], None, None)
         (result, samples), image_refs = self._ask_rollout("evaluate", records, steps, self._average_ref(),
                                                           kept=len(batches))
         for batch, images in zip(batches, image_refs, strict=True):
-            batch.images = images
+            batch.images, batch.version = images, self.version  # made: never issued again
             batch.scores = [self._score(batch, term) for term in range(len(self.config.rewards))]
-        return result, samples, self._terms([[self._settle_score(batch, term)
-                                              for term in range(len(self.config.rewards))] for batch in batches])
+        return result, samples, self._terms([self._settle(batch) for batch in batches])
 
     def _average_ref(self) -> list | None:
         """[ref] to theta's moving average for evaluations (None: evaluate the live weights). Learner rank 0 puts it

@@ -142,10 +142,15 @@ def test_two_nodes_rollout_and_learner_apart_with_weights_synced(tmp_path, tiny)
 
 def test_one_step_off_overlaps_rollouts_and_corrects_the_stale_samples(tmp_path, tiny, local_ray):
     config = tiny(*RAY, "train.iterations=3", "cluster.max_staleness=1", "algo.update=joint",
-                  "cluster.rollout_cpus=0.5", "cluster.learner_cpus=0.5")
+                  "cluster.rollout_cpus=0.5", "cluster.learner_cpus=0.5", "train.eval_every=1")
     trainer = RayTrainer(config, str(tmp_path / "run"), log=lambda line: None)
     trainer.train()
     rows = trainer.run.metrics
+    # the evaluations after iterations 1 and 2 ran while the next iteration's batches were in flight
+    assert [e["iteration"] for e in trainer.run.evals] == [1, 2, 3]
+    assert all(r["reward_failures"] == {"shapes_strict": 0, "shapes_partial": 0} for r in rows)
+    assert all(0 <= e["reward/shapes_partial"] <= 1 and e["reward/shapes_strict"] == e["strict"]
+               for e in trainer.run.evals)
     assert [r["weight_version"] for r in rows] == [1, 2, 3]
     # iteration 1's rollouts ran on version 0 as the learner did; each later batch was launched before the
     # update that precedes it, so it is exactly one version behind, and every sample of it is counted stale
