@@ -4,7 +4,10 @@ at 8 and at 4 decoding steps. Writes the table into BENCHMARKS.md between its ma
 another pair of markers, so a variant keeps its own table).
 
     .venv/bin/python benchmarks/learning.py [--iterations 100] [--methods grpo,schedule_only,cogrpo,maskgrpo]
-                                            [--set KEY=VALUE ...] [--table NAME]
+                                            [--seeds 0,1,2] [--set KEY=VALUE ...] [--table NAME]
+
+With --seeds, every method runs once per seed (the base evaluated with that seed too), and a method's rows are
+followed by their mean: whether a gain holds across seeds, not only in one run.
 """
 
 from __future__ import annotations
@@ -57,25 +60,39 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a config override applied to every method (repeatable)")
     parser.add_argument("--table", default="learning", help="the name in the table's markers in --write")
+    parser.add_argument("--seeds", default=None, help="comma-separated seeds, each run per method (default: the "
+                        "config's seed, one run)")
     args = parser.parse_args()
     common = args.set + [f"train.iterations={args.iterations}", f"train.eval_every={args.iterations}",
               f"train.checkpoint_every={args.iterations}", f"train.eval_steps={list(EVAL_STEPS)}",
               "train.eval_at_start=false"]
+    seeds = [None] if args.seeds is None else [int(seed) for seed in args.seeds.split(",")]
     rows, bases = [], {}
     for method in args.methods.split(","):
-        config = load_config(args.config, common + METHODS[method] + [f"train.run_dir={args.out}/{method}"])
-        kind = config.sampler.kind
-        if kind not in bases:
-            bases[kind] = base_scores(config)
-        start = time.time()
-        evals = LocalTrainer(config, log=lambda line: None).train()
-        minutes = (time.time() - start) / 60
-        scores = {(r["split"], r["steps"]): r["overall"] for r in evals}
-        row = {"method": method, "sampler": kind, "minutes": round(minutes, 1),
-               **{f"{split}@{steps}": round(v, 3) for (split, steps), v in scores.items()},
-               **{f"base {split}@{steps}": round(v, 3) for (split, steps), v in bases[kind].items()}}
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+        runs = []
+        for seed in seeds:
+            name = method if seed is None else f"{method}-seed{seed}"
+            overrides = [] if seed is None else [f"seed={seed}"]
+            config = load_config(args.config,
+                                 common + METHODS[method] + overrides + [f"train.run_dir={args.out}/{name}"])
+            kind = config.sampler.kind
+            if (kind, config.seed) not in bases:
+                bases[kind, config.seed] = base_scores(config)
+            start = time.time()
+            evals = LocalTrainer(config, log=lambda line: None).train()
+            minutes = (time.time() - start) / 60
+            scores = {(r["split"], r["steps"]): r["overall"] for r in evals}
+            row = {"method": method if seed is None else f"{method}, seed {seed}", "sampler": kind,
+                   "minutes": round(minutes, 1),
+                   **{f"{split}@{steps}": round(v, 3) for (split, steps), v in scores.items()},
+                   **{f"base {split}@{steps}": round(v, 3) for (split, steps), v in bases[kind, config.seed].items()}}
+            runs.append(row)
+            print(json.dumps(row), flush=True)
+        rows += runs
+        if len(runs) > 1:
+            rows.append({**{k: round(sum(r[k] for r in runs) / len(runs), 3) for k in runs[0]
+                            if k not in ("method", "sampler")},
+                         "method": f"{method}, mean of {len(runs)} seeds", "sampler": runs[0]["sampler"]})
     table = render(rows, args)
     print(table)
     path = Path(args.write)
@@ -88,7 +105,7 @@ def main() -> None:
 
 
 def render(rows: list[dict], args) -> str:
-    options = "".join(f" --set {override}" for override in args.set)
+    options = (f" --seeds {args.seeds}" if args.seeds else "") + "".join(f" --set {o}" for o in args.set)
     if args.table != "learning":
         options += f" --table {args.table}"
     lines = [f"`.venv/bin/python benchmarks/learning.py --iterations {args.iterations} --methods {args.methods}"
