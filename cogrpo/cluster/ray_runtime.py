@@ -67,7 +67,19 @@ def connect(config: Config) -> None:
                  object_store_memory=c.object_store_mb * 2**20, log_to_driver=False, logging_level="WARNING")
     else:
         ray.init(address=address, log_to_driver=False, logging_level="WARNING")
-    os.chdir(cwd)
+    return_to(cwd, c.timeout_s)
+
+
+def return_to(directory: str, timeout_s: float) -> None:
+    """chdir to `directory` once it exists: ray.init() can return while the job's working directory it deleted is
+    still being unpacked again (seen as a FileNotFoundError in a `ray job submit` run of the test suite)."""
+    deadline = time.time() + timeout_s
+    while not os.path.isdir(directory):
+        if time.time() > deadline:
+            raise FaultError(f"the working directory {directory} did not come back within cluster.timeout_s "
+                             f"{timeout_s:g} s after connecting to Ray")
+        time.sleep(0.05)
+    os.chdir(directory)
 
 
 @dataclass

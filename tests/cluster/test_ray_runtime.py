@@ -1,6 +1,8 @@
 """The Ray runtime against the single-process trainer, on an embedded cluster and on two loopback nodes."""
 
 import os
+import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,9 +12,9 @@ pytest.importorskip("deepspeed")
 
 from cogrpo.cluster.actors import rank_shard  # noqa: E402
 from cogrpo.cluster.local import LocalTrainer  # noqa: E402
-from cogrpo.cluster.ray_runtime import RayTrainer  # noqa: E402
+from cogrpo.cluster.ray_runtime import RayTrainer, return_to  # noqa: E402
 from cogrpo.cluster.weight_sync import named_state, to_numpy  # noqa: E402
-from cogrpo.proto.errors import InputError  # noqa: E402
+from cogrpo.proto.errors import FaultError, InputError  # noqa: E402
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
@@ -52,6 +54,17 @@ def test_distributed_run_matches_the_single_process_trainer(tmp_path, tiny, eval
     for name, value in mine.items():
         np.testing.assert_allclose(published[name], value, atol=1e-5, err_msg=name)
     assert not (tmp_path / "jit").exists(), "the learner JIT-compiled a DeepSpeed op"
+
+
+def test_the_driver_returns_to_its_working_directory_once_it_is_back(tmp_path, monkeypatch):
+    """ray.init() in a `ray job submit` driver can delete the job's working directory and unpack it again."""
+    monkeypatch.chdir(tmp_path)
+    later = tmp_path / "working_dir"
+    threading.Timer(0.3, later.mkdir).start()
+    return_to(str(later), timeout_s=30)
+    assert Path.cwd() == later
+    with pytest.raises(FaultError, match="did not come back within cluster.timeout_s 0.2 s"):
+        return_to(str(tmp_path / "gone"), timeout_s=0.2)
 
 
 def test_each_learner_rank_fetches_only_the_batches_its_share_lies_in():
