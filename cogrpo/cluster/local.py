@@ -16,7 +16,7 @@ from cogrpo.learner.cogrpo import Learner, ScoredBatch
 from cogrpo.models.checkpoint import build_model
 from cogrpo.models.interface import compute_device, configure_compute
 from cogrpo.models.schedule_policy import SchedulePolicy
-from cogrpo.rewards.registry import build_reward, score_all, score_in_batches
+from cogrpo.rewards.registry import build_reward, score_in_batches
 from cogrpo.rollout.collect import collect
 from cogrpo.rollout.evaluate import evaluate
 from cogrpo.rollout.schedule import hand_knobs
@@ -42,7 +42,7 @@ class LocalTrainer(Trainer):
                        config.sampler.kind)
         metadata = [r for r in records for _ in range(algo.samples_per_prompt)]
         images = self.model.decode_images(traj.tokens)
-        return traj, score_all(self.rewards, images, [r["prompt"] for r in metadata], metadata)
+        return traj, score_in_batches(self.rewards, images, metadata, config.sampler.batch_size)  # as Ray's are
 
     def update(self, iteration, handle, advantages, usable, plan):
         batch = ScoredBatch(handle, torch.from_numpy(advantages), torch.from_numpy(usable), plan.trained)
