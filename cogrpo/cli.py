@@ -146,6 +146,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 def cmd_generate(args: argparse.Namespace) -> None:
     from cogrpo.data.geneval import read_metadata, write_generation
+    from cogrpo.rollout.collect import repeat_each
     from cogrpo.rollout.evaluate import generate_images
 
     records = read_metadata(args.metadata)
@@ -154,7 +155,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         raise InputError(f"output folder exists and is not empty: {outdir}")
     config, model, steps, seed, schedule = _setup(args)
     n = args.n_per_prompt
-    prompts = [r["prompt"] for r in records for _ in range(n)]
+    prompts = repeat_each([r["prompt"] for r in records], n)
     flat = generate_images(model, prompts, schedule, steps, seed, config.sampler.batch_size, config.sampler.kind)
     write_generation(outdir, records, list(flat.reshape(len(records), n, *flat.shape[1:])))
     print(f"wrote {len(prompts)} images for {len(records)} prompts to {outdir}")

@@ -17,7 +17,7 @@ from cogrpo.models.checkpoint import build_model
 from cogrpo.models.interface import compute_device, configure_compute
 from cogrpo.models.schedule_policy import SchedulePolicy
 from cogrpo.rewards.registry import build_reward, score_in_batches
-from cogrpo.rollout.collect import collect
+from cogrpo.rollout.collect import collect, repeat_each
 from cogrpo.rollout.evaluate import evaluate
 from cogrpo.rollout.schedule import hand_knobs
 from cogrpo.rollout.steps import StepPlan
@@ -40,7 +40,7 @@ class LocalTrainer(Trainer):
         traj = collect(self.model, schedule, [r["prompt"] for r in records], algo.samples_per_prompt,
                        config.sampler.steps, plan, config.seed, iteration, config.sampler.batch_size,
                        config.sampler.kind)
-        metadata = [r for r in records for _ in range(algo.samples_per_prompt)]
+        metadata = repeat_each(records, algo.samples_per_prompt)
         images = self.model.decode_images(traj.tokens)
         return traj, score_in_batches(self.rewards, images, metadata, config.sampler.batch_size)  # as Ray's are
 
@@ -57,9 +57,8 @@ class LocalTrainer(Trainer):
         with weights_swapped_in(self.model, self.average.state if self.average else None):
             result, _, images = evaluate(self.model, records, schedule, steps, config.seed,
                                          config.sampler.batch_size, config.eval.n_per_prompt, config.sampler.kind)
-        metadata = [r for r in records for _ in range(config.eval.n_per_prompt)]
-        terms = score_in_batches(self.rewards, images.reshape(-1, *images.shape[2:]), metadata,
-                                 config.sampler.batch_size)
+        terms = score_in_batches(self.rewards, images.reshape(-1, *images.shape[2:]),
+                                 repeat_each(records, config.eval.n_per_prompt), config.sampler.batch_size)
         return result, images[:16], terms
 
     def learned_schedule(self, steps: int, prompts: list[str]) -> torch.Tensor:

@@ -33,7 +33,7 @@ from cogrpo.cluster.trainer import Trainer
 from cogrpo.proto.config import Config
 from cogrpo.proto.errors import FaultError, InputError
 from cogrpo.rewards.registry import join_batches
-from cogrpo.rollout.collect import rollout_seed
+from cogrpo.rollout.collect import repeat_each, rollout_seed
 from cogrpo.rollout.steps import StepPlan
 
 
@@ -221,8 +221,7 @@ class RayTrainer(Trainer):
 
     # ---- one iteration ----
     def _launch(self, iteration: int, records: list[dict], plan: StepPlan) -> list[Batch]:
-        batches = self._batches([r for r in records for _ in range(self.config.algo.samples_per_prompt)],
-                                iteration, plan)
+        batches = self._batches(repeat_each(records, self.config.algo.samples_per_prompt), iteration, plan)
         for batch in batches:
             self._issue(batch)
         return batches
@@ -338,7 +337,7 @@ class RayTrainer(Trainer):
         for prefetched in self.prefetched.values():  # one step off: their scoring calls are queued first
             for batch in prefetched:
                 self._settle(batch)
-        batches = self._batches([r for r in records for _ in range(self.config.eval.n_per_prompt)], None, None)
+        batches = self._batches(repeat_each(records, self.config.eval.n_per_prompt), None, None)
         (result, samples), image_refs = self._ask_rollout("evaluate", records, steps, self._average_ref(),
                                                           kept=len(batches))
         for batch, images in zip(batches, image_refs, strict=True):

@@ -8,6 +8,7 @@ import torch
 from cogrpo.data.geneval import summarize
 from cogrpo.models.interface import MaskedTokenModel
 from cogrpo.rewards.shapes import Judgement, ShapesReward
+from cogrpo.rollout.collect import repeat_each
 from cogrpo.rollout.sampler import generate
 from cogrpo.rollout.schedule import Schedule
 
@@ -43,7 +44,7 @@ def summary(rows: list[dict], judgements: list[Judgement]) -> dict:
 def evaluate(model: MaskedTokenModel, records: list[dict], schedule: Schedule, steps: int, seed: int,
              batch_size: int, n_per_prompt: int = 1, sampler: str = "maskgit") -> tuple[dict, list[dict], np.ndarray]:
     """(summary with overall/strict/partial/by_task, result rows, images (len(records), n, H, W, 3))."""
-    prompts = [r["prompt"] for r in records for _ in range(n_per_prompt)]
+    prompts = repeat_each([r["prompt"] for r in records], n_per_prompt)
     with torch.no_grad():
         flat = generate_images(model, prompts, schedule, steps, seed, batch_size, sampler)
     images = flat.reshape(len(records), n_per_prompt, *flat.shape[1:])
