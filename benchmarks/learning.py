@@ -90,7 +90,7 @@ def main() -> None:
             print(json.dumps(row), flush=True)
         rows += runs
         if len(runs) > 1:
-            rows.append({**{k: round(sum(r[k] for r in runs) / len(runs), 3) for k in runs[0]
+            rows.append({**{k: round(sum(r[k] for r in runs) / len(runs), 1 if k == "minutes" else 3) for k in runs[0]
                             if k not in ("method", "sampler")},
                          "method": f"{method}, mean of {len(runs)} seeds", "sampler": runs[0]["sampler"]})
     table = render(rows, args)

@@ -17,7 +17,7 @@ import torch
 from cogrpo.cluster.plots import learned_schedule
 from cogrpo.cluster.trainer import rollout_schedule, schedule_for
 from cogrpo.cluster.weight_sync import (BroadcastGroup, connect_store, host_store, load_named_state, named_state,
-                                        to_numpy)
+                                        pin_gloo_to, to_numpy)
 from cogrpo.learner.averaging import WeightAverage, weights_swapped_in
 from cogrpo.learner.checkpoint import (DEEPSPEED_DIR, load_optimizers, load_weights, rng_state,
                                        save_optimizers, save_weights, set_rng_state)
@@ -259,6 +259,8 @@ class LearnerWorker(Actor):
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         timeout = datetime.timedelta(seconds=config.cluster.timeout_s)
         store = self.group_store if rank == 0 else connect_store(master_addr, master_port, config.cluster.timeout_s)
+        if backend == "gloo":
+            pin_gloo_to(ray.util.get_node_ip_address())
         torch.distributed.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
         # DeepSpeed's CPU backend would JIT-compile a shared-memory all-reduce here (C++, 24-60 s per fresh
         # environment, under a file lock) after probing every op with the compiler. Only its inference path uses

@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import ray
+import ray._private.ray_constants as ray_constants
 
 from cogrpo.cluster.actors import (REWARD, ROLLOUT, LearnerWorker, RewardWorker, RolloutWorker, WeightsMissing,
                                    reports_input_errors)
@@ -53,6 +55,32 @@ def _check_resources(config: Config) -> None:
                              f"{have.get(name, 0):g} in the cluster (cluster.* in the config)")
 
 
+LOOPBACK = "127.0.0.1"
+SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's single-machine mode, on any platform
+
+
+@contextmanager
+def single_machine_mode(enabled: bool):
+    """Ray on Linux replaces a node address of 127.0.0.1 with the machine's network address, and its GCS, raylet and
+    workers then listen on every interface. In its single-machine mode (Ray's default on macOS and Windows) the node
+    keeps 127.0.0.1 and every server listens there only. Ray reads the mode from the environment when it is imported,
+    so both the imported flag (for this driver) and the variable (for the processes ray.init() starts) are set, and
+    restored afterwards: a multi-node cluster started later from this process must not inherit them."""
+    if not enabled:
+        yield
+        return
+    saved_flag, saved_env = ray_constants.ENABLE_RAY_CLUSTER, os.environ.get(SINGLE_MACHINE_ENV)
+    ray_constants.ENABLE_RAY_CLUSTER, os.environ[SINGLE_MACHINE_ENV] = False, "0"
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        if saved_env is None:
+            os.environ.pop(SINGLE_MACHINE_ENV, None)
+        else:
+            os.environ[SINGLE_MACHINE_ENV] = saved_env
+
+
 def connect(config: Config) -> None:
     """Attach to cluster.address, or to the cluster of the Ray job this driver runs in (RAY_ADDRESS), or start an
     embedded one. The working directory is restored afterwards: inside a `ray job submit --working-dir` job,
@@ -63,8 +91,9 @@ def connect(config: Config) -> None:
     cwd = os.getcwd()
     address = c.address or os.environ.get("RAY_ADDRESS")
     if address is None:
-        ray.init(num_cpus=c.num_cpus, include_dashboard=False, _node_ip_address=c.node_ip,
-                 object_store_memory=c.object_store_mb * 2**20, log_to_driver=False, logging_level="WARNING")
+        with single_machine_mode(c.node_ip == LOOPBACK):
+            ray.init(num_cpus=c.num_cpus, include_dashboard=False, _node_ip_address=c.node_ip,
+                     object_store_memory=c.object_store_mb * 2**20, log_to_driver=False, logging_level="WARNING")
     else:
         ray.init(address=address, log_to_driver=False, logging_level="WARNING")
     return_to(cwd, c.timeout_s)

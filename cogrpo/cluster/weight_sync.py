@@ -15,10 +15,13 @@ catches a mismatch before any value is used.
 from __future__ import annotations
 
 import datetime
+import ipaddress
+import os
 import socket
 import zlib
 
 import numpy as np
+import psutil
 import torch
 import torch.distributed as dist
 
@@ -90,6 +93,26 @@ def host_store(host: str, timeout_s: float) -> dist.TCPStore:
         store = dist.TCPStore(host, port, None, True, timeout=datetime.timedelta(seconds=timeout_s),
                               wait_for_workers=False, master_listen_fd=listener.detach())
     return store
+
+
+def pin_gloo_to(host: str) -> None:
+    """gloo's groups made by init_process_group listen on the address the host name resolves to, which can be any
+    interface: pin them to the interface that holds `host` (this node's Ray address: loopback on the embedded
+    cluster), unless GLOO_SOCKET_IFNAME already names one."""
+    if "GLOO_SOCKET_IFNAME" in os.environ:
+        return
+    address = ipaddress.ip_address(host)
+    for interface, entries in psutil.net_if_addrs().items():
+        if any(_holds(entry, address) for entry in entries):
+            os.environ["GLOO_SOCKET_IFNAME"] = interface
+            return
+
+
+def _holds(entry, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """An interface address entry holds `address`: in its IPv4 network (127.0.0.2 is on loopback), or equal to it."""
+    if entry.family == socket.AF_INET and address.version == 4 and entry.netmask:
+        return address in ipaddress.ip_network(f"{entry.address}/{entry.netmask}", strict=False)
+    return entry.address.split("%")[0] == str(address)
 
 
 def connect_store(host: str, port: int, timeout_s: float) -> dist.TCPStore:

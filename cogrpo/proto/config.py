@@ -306,7 +306,9 @@ class ClusterConfig(Section):
 
     # null: the Ray job's cluster (RAY_ADDRESS) if any, else an embedded local one; "auto" or "HOST:PORT": attach.
     address: str | None = None
-    node_ip: str = "127.0.0.2"  # embedded cluster: Ray rewrites 127.0.0.1 to the network address, not 127.0.0.2
+    # Embedded cluster's node address. 127.0.0.1: Ray's single-machine mode, every server on loopback only (any
+    # other address: Ray's servers listen on every interface and advertise this one).
+    node_ip: str = "127.0.0.1"
     num_cpus: int = Field(2, ge=1)  # embedded cluster size
     object_store_mb: int = Field(512, ge=75)
     rollout_workers: int = Field(1, ge=1)

@@ -1,12 +1,14 @@
 """The collective weight-sync transport without Ray: two threads, a real gloo group on loopback."""
 
+import os
 import socket
 import threading
 
 import pytest
 import torch
 
-from cogrpo.cluster.weight_sync import BroadcastGroup, WeightSyncError, buckets, connect_store, host_store
+from cogrpo.cluster.weight_sync import (BroadcastGroup, WeightSyncError, buckets, connect_store, host_store,
+                                        pin_gloo_to)
 
 
 def _state(seed: int) -> dict[str, torch.Tensor]:
@@ -91,3 +93,20 @@ def test_the_rendezvous_store_listens_on_its_host_alone():
     assert store.get("key") == b"value"
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.2", store.port), timeout=5).close()
+
+
+
+@pytest.mark.skipif(not any(name == "lo" for _, name in socket.if_nameindex()), reason="no interface named lo")
+@pytest.mark.parametrize("host, interface", [("127.0.0.1", "lo"), ("127.0.0.2", "lo"), ("198.51.100.7", None)])
+def test_gloo_is_pinned_to_the_interface_holding_the_node_address(monkeypatch, host, interface):
+    """The learners' gloo group follows GLOO_SOCKET_IFNAME: the interface whose network holds the node's Ray address
+    (127.0.0.2 is loopback too); an address no interface holds (a documentation range) leaves gloo's default."""
+    monkeypatch.delenv("GLOO_SOCKET_IFNAME", raising=False)
+    pin_gloo_to(host)
+    assert os.environ.get("GLOO_SOCKET_IFNAME") == interface
+
+
+def test_a_gloo_interface_the_user_named_is_kept(monkeypatch):
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "eth7")
+    pin_gloo_to("127.0.0.1")
+    assert os.environ["GLOO_SOCKET_IFNAME"] == "eth7"
