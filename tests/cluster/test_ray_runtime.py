@@ -13,6 +13,7 @@ pytest.importorskip("deepspeed")
 
 from cogrpo.cluster.actors import rank_shard  # noqa: E402
 from cogrpo.cluster.local import LocalTrainer  # noqa: E402
+import ray._private.ray_constants as ray_constants  # noqa: E402
 from cogrpo.cluster.ray_runtime import SINGLE_MACHINE_ENV, RayTrainer, connect, return_to  # noqa: E402
 from cogrpo.cluster.weight_sync import named_state, to_numpy  # noqa: E402
 from cogrpo.proto.errors import FaultError, InputError  # noqa: E402
@@ -21,7 +22,18 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
 RAY = ["runtime=ray", "sampler.batch_size=4", "train.eval_at_start=false"]
-LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1"}
+LOOPBACK_ADDRESSES = {"127.0.0.1", "::ffff:127.0.0.1"}  # as a listening socket reports 127.0.0.1
+
+
+def cluster_listeners() -> set[str]:
+    """The addresses the processes this test started (Ray's GCS, raylet, agents, workers and actors) listen on."""
+    listening = set()
+    for process in psutil.Process().children(recursive=True):
+        try:
+            listening |= {c.laddr.ip for c in process.net_connections("inet") if c.status == psutil.CONN_LISTEN}
+        except psutil.NoSuchProcess:
+            pass
+    return listening
 
 
 @pytest.fixture
@@ -62,22 +74,12 @@ def test_the_embedded_cluster_listens_on_loopback_only(tiny, local_ray):
     """Security default: no process of the embedded cluster accepts connections from another machine (on Linux Ray
     would advertise the network address and listen on every interface), and what made it so does not outlive
     ray.init(), which a multi-node cluster started later from the same process would inherit."""
+    mode_before = ray_constants.ENABLE_RAY_CLUSTER
     connect(tiny("runtime=ray"))
     assert ray.get(ray.remote(ray.util.get_node_ip_address).remote()) == "127.0.0.1"
     listening = cluster_listeners()
-    assert listening and listening <= LOOPBACK, listening
-    assert SINGLE_MACHINE_ENV not in os.environ
-
-
-def cluster_listeners() -> set[str]:
-    """The addresses the processes this test started (Ray's GCS, raylet, agents, workers and actors) listen on."""
-    listening = set()
-    for process in psutil.Process().children(recursive=True):
-        try:
-            listening |= {c.laddr.ip for c in process.net_connections("inet") if c.status == psutil.CONN_LISTEN}
-        except psutil.NoSuchProcess:
-            pass
-    return listening
+    assert listening and listening <= LOOPBACK_ADDRESSES, listening
+    assert SINGLE_MACHINE_ENV not in os.environ and ray_constants.ENABLE_RAY_CLUSTER == mode_before
 
 
 def test_the_driver_returns_to_its_working_directory_once_it_is_back(tmp_path, monkeypatch):
@@ -135,7 +137,7 @@ def test_zero_stages_with_two_learner_ranks_update_and_sync(tmp_path, tiny, loca
 
     ray.get([w.__ray_call__.remote(count_full_state_gathers) for w in trainer.learners])
     trainer.train()
-    assert cluster_listeners() <= LOOPBACK  # Ray's servers, the rendezvous stores, both gloo groups
+    assert cluster_listeners() <= LOOPBACK_ADDRESSES  # Ray's servers, the rendezvous stores, both gloo groups
     row = trainer.run.metrics[0]
     # ZeRO-3 gathers the full state once for the moving average and the publish after it, once for the checkpoint
     gathers = ray.get([w.__ray_call__.remote(lambda worker: worker.gathers) for w in trainer.learners])

@@ -95,7 +95,6 @@ def test_the_rendezvous_store_listens_on_its_host_alone():
         socket.create_connection(("127.0.0.2", store.port), timeout=5).close()
 
 
-
 @pytest.mark.skipif(not any(name == "lo" for _, name in socket.if_nameindex()), reason="no interface named lo")
 @pytest.mark.parametrize("host, interface", [("127.0.0.1", "lo"), ("127.0.0.2", "lo"), ("198.51.100.7", None)])
 def test_gloo_is_pinned_to_the_interface_holding_the_node_address(monkeypatch, host, interface):
