@@ -14,16 +14,16 @@ import statistics
 
 import torch
 
-from cogrpo.cluster.trainer import schedule_for
+from cogrpo.cluster.build import build_policies, build_rewards
 from cogrpo.data.prompts import training_records
 from cogrpo.learner.advantages import group_advantages
-from cogrpo.learner.cogrpo import maskgrpo_log_probs, maskgrpo_masks, theta_maskgrpo_objective, \
-    theta_trajectory_objective
-from cogrpo.models.checkpoint import build_model
-from cogrpo.models.schedule_policy import SchedulePolicy
+from cogrpo.learner.objectives import theta_objective
 from cogrpo.proto.config import load_config
-from cogrpo.rewards.registry import build_reward, score_all
-from cogrpo.rollout.collect import collect, group_ids
+from cogrpo.rewards.registry import score_all
+from cogrpo.rollout.batching import group_ids
+from cogrpo.rollout.collect import collect
+from cogrpo.rollout.masked_image.estimators import MaskGRPO, TrajectoryReplay, random_mask
+from cogrpo.rollout.schedule import schedule_for
 from cogrpo.rollout.steps import step_plan
 
 RATES = (0.5, 0.8, 0.9, 0.999)
@@ -38,9 +38,11 @@ def main() -> None:
     config = load_config(args.config, ["algo.mode=grpo", f"sampler.kind={args.sampler}"])
     torch.set_num_threads(config.threads)
     algo, steps = config.algo, config.sampler.steps
-    model = build_model(config.model)
-    schedule = schedule_for(config, SchedulePolicy(config.schedule_policy, model.prompt_feature_dim), steps, True)
-    rewards = [(build_reward(r), r.weight) for r in config.rewards]
+    policies = build_policies(config)
+    family, model = policies.family, policies.model
+    schedule = schedule_for(config, family, policies.policy, steps, True)
+    rewards = build_rewards(config)
+    replay, maskgrpo = TrajectoryReplay(), MaskGRPO(algo)
 
     def gradient(loss: torch.Tensor) -> torch.Tensor:
         model.zero_grad()
@@ -51,18 +53,20 @@ def main() -> None:
     for batch in range(args.batches):
         records = training_records(config.seed, batch, algo.prompts_per_iteration, None)
         plan = step_plan(algo.steps, steps, batch, config.seed)
-        traj = collect(model, schedule, [r["prompt"] for r in records], algo.group_size, steps, plan, config.seed,
-                       batch, config.sampler.batch_size, args.sampler)
+        traj = collect(family, model, schedule, [r["prompt"] for r in records], algo.group_size, plan, config.seed,
+                       batch, config.sampler.batch_size)
         metadata = [r for r in records for _ in range(algo.group_size)]
-        terms = score_all(rewards, model.decode_images(traj.tokens), [r["prompt"] for r in metadata], metadata)
+        terms = score_all(rewards, family.decode(model, traj), [r["prompt"] for r in metadata], metadata)
         adv, _ = group_advantages(terms, group_ids(len(records), algo.group_size).numpy(), algo.adv_eps, None)
         adv = torch.from_numpy(adv).float()
-        exact = gradient(theta_trajectory_objective(model, traj, adv, plan.trained, algo)[0])
+        scored, behaviour = replay.log_probs(model, traj, plan.trained, {}), replay.behaviour(traj, plan.trained)
+        exact = gradient(theta_objective(scored.logp, scored.mask, behaviour, behaviour, adv, algo)[0])
         for rate in RATES:
-            masked = maskgrpo_masks(traj, [rate])[0]
+            view = {"masked": random_mask(tuple(traj.tensors["tokens"].shape), rate, traj.seed * 1009)}
             with torch.no_grad():
-                old = maskgrpo_log_probs(model, traj, masked)
-            proxy = gradient(theta_maskgrpo_objective(model, traj, adv, masked, old, algo)[0])
+                old = maskgrpo.log_probs(model, traj, [], view).logp
+            proxy_scored = maskgrpo.log_probs(model, traj, [], view)
+            proxy = gradient(theta_objective(proxy_scored.logp, proxy_scored.mask, old, None, adv, algo)[0])
             cosines[rate].append(torch.nn.functional.cosine_similarity(exact, proxy, 0).item())
     for rate, values in cosines.items():
         print(json.dumps({"sampler": args.sampler, "rate": rate, "cosine_mean": round(statistics.mean(values), 3),

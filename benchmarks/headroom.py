@@ -12,14 +12,13 @@ import argparse
 
 import numpy as np
 
-from cogrpo.cluster.trainer import schedule_for
+from cogrpo.cluster.build import build_policies
+from cogrpo.cluster.process import configure_compute
 from cogrpo.data.geneval import read_metadata, resolve_metadata_path, summarize
 from cogrpo.data.prompts import TASKS
-from cogrpo.models.checkpoint import build_model
-from cogrpo.models.interface import configure_compute
-from cogrpo.models.schedule_policy import SchedulePolicy
 from cogrpo.proto.config import load_config
-from cogrpo.rollout.evaluate import evaluate
+from cogrpo.rollout.collect import evaluate
+from cogrpo.rollout.schedule import schedule_for
 
 
 def main() -> None:
@@ -31,16 +30,15 @@ def main() -> None:
     args = parser.parse_args()
     config = load_config(args.config, [])
     configure_compute(config.threads)
-    model = build_model(config.model)
-    schedule = schedule_for(config, SchedulePolicy(config.schedule_policy, model.prompt_feature_dim),
-                            config.sampler.steps, sample_actions=False)
+    policies = build_policies(config)
+    schedule = schedule_for(config, policies.family, policies.policy, config.sampler.steps, sample_actions=False)
     print(f"`.venv/bin/python benchmarks/headroom.py --n {args.n} --prompts {args.prompts} --splits {args.splits}`\n")
     print("| split | measure | overall | " + " | ".join(TASKS) + " |")
     print("| --- | --- | --- | " + " | ".join("---" for _ in TASKS) + " |")
     for split in args.splits.split(","):
         records = read_metadata(resolve_metadata_path(f"builtin:{split}"))[: args.prompts]
-        _, rows, _ = evaluate(model, records, schedule, config.sampler.steps, config.seed, config.sampler.batch_size,
-                              args.n, config.sampler.kind)
+        rows = evaluate(policies.family, policies.model, schedule, records, config.sampler.steps, config.seed,
+                        config.sampler.batch_size, args.n).rows
         correct = np.array([row["correct"] for row in rows]).reshape(len(records), args.n)
         one = summarize([{"tag": r["tag"], "correct": c} for r, c in zip(records, correct.mean(1))])
         best = summarize([{"tag": r["tag"], "correct": c} for r, c in zip(records, correct.any(1))])

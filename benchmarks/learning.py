@@ -18,13 +18,12 @@ import re
 import time
 from pathlib import Path
 
-from cogrpo.cluster.local import LocalTrainer
-from cogrpo.cluster.trainer import schedule_for
+from cogrpo.cluster.build import build_policies
+from cogrpo.cluster.loop import trainer
 from cogrpo.data.geneval import read_metadata, resolve_metadata_path
-from cogrpo.models.checkpoint import build_model
-from cogrpo.models.schedule_policy import SchedulePolicy
 from cogrpo.proto.config import load_config
-from cogrpo.rollout.evaluate import evaluate
+from cogrpo.rollout.collect import evaluate
+from cogrpo.rollout.schedule import schedule_for
 
 METHODS = {
     "grpo": ["algo.mode=grpo"],
@@ -37,16 +36,15 @@ EVAL_STEPS = (8, 4)
 
 def base_scores(config) -> dict:
     """The shipped model with the hand schedule, as every method starts."""
-    model = build_model(config.model)
-    policy = SchedulePolicy(config.schedule_policy, model.prompt_feature_dim)
+    policies = build_policies(config)
     out = {}
     for split, spec in config.train.eval_metadata.items():
         records = read_metadata(resolve_metadata_path(spec))
         for steps in EVAL_STEPS:
-            schedule = schedule_for(config, policy, steps, sample_actions=False)
-            result, _, _ = evaluate(model, records, schedule, steps, config.seed, config.sampler.batch_size,
-                                    1, config.sampler.kind)
-            out[(split, steps)] = result["overall"]
+            schedule = schedule_for(config, policies.family, policies.policy, steps, sample_actions=False)
+            result = evaluate(policies.family, policies.model, schedule, records, steps, config.seed,
+                              config.sampler.batch_size, 1)
+            out[(split, steps)] = result.summary["overall"]
     return out
 
 
@@ -63,7 +61,7 @@ def main() -> None:
     parser.add_argument("--seeds", default=None, help="comma-separated seeds, each run per method (default: the "
                         "config's seed, one run)")
     args = parser.parse_args()
-    common = args.set + [f"train.iterations={args.iterations}", f"train.eval_every={args.iterations}",
+    common = ["runtime=local", *args.set, f"train.iterations={args.iterations}", f"train.eval_every={args.iterations}",
               f"train.checkpoint_every={args.iterations}", f"train.eval_steps={list(EVAL_STEPS)}",
               "train.eval_at_start=false"]
     seeds = [None] if args.seeds is None else [int(seed) for seed in args.seeds.split(",")]
@@ -79,7 +77,7 @@ def main() -> None:
             if (kind, config.seed) not in bases:
                 bases[kind, config.seed] = base_scores(config)
             start = time.time()
-            evals = LocalTrainer(config, log=lambda line: None).train()
+            evals = trainer(config, log=lambda line: None).fit()
             minutes = (time.time() - start) / 60
             scores = {(r["split"], r["steps"]): r["overall"] for r in evals}
             row = {"method": method if seed is None else f"{method}, seed {seed}", "sampler": kind,

@@ -24,23 +24,21 @@ import time
 import psutil
 import ray
 
-from cogrpo.cluster.local import LocalTrainer
-from cogrpo.cluster.ray_runtime import RayTrainer
+from cogrpo.cluster.loop import TrainingLoop, trainer
 from cogrpo.proto.config import load_config
 
 PHASES = ("rollout_s", "update_s", "sync_s")
 KERNEL = "(kernel, all)"  # system CPU seconds of all processes together: page faults, syscalls
 
 
-def build(config_path: str, overrides: list[str]):
+def build(config_path: str, overrides: list[str]) -> TrainingLoop:
     config = load_config(config_path, overrides)
-    runtime = LocalTrainer if config.runtime == "local" else RayTrainer
-    return runtime(config, tempfile.mkdtemp(prefix="bench-pipeline-"), log=lambda line: None)
+    return trainer(config, tempfile.mkdtemp(prefix="bench-pipeline-"), log=lambda line: None)
 
 
-def timed(trainer, iteration: int) -> dict:
+def timed(loop: TrainingLoop, iteration: int) -> dict:
     start = time.perf_counter()
-    row = trainer.iterate(iteration)
+    row = loop.iterate(iteration)
     return {"s": time.perf_counter() - start, **{key: row.get(key, 0.0) for key in PHASES}}
 
 
@@ -93,16 +91,16 @@ def main() -> None:
     rows: dict[str, list[dict]] = {"local": [], "ray": []}
     cpu: dict[str, dict[str, float]] = {"local": {}, "ray": {}}
     for iteration in iterations:
-        for name, trainer in (("local", local), ("ray", ray_trainer)):
+        for name, loop in (("local", local), ("ray", ray_trainer)):
             before = cpu_seconds()
-            rows[name].append(timed(trainer, iteration))
+            rows[name].append(timed(loop, iteration))
             add_cpu(cpu[name], before, cpu_seconds())
-    ray_trainer.shutdown()
+    ray_trainer.close()
 
     one_step_off = build(args.config, common + ["runtime=ray", "cluster.max_staleness=1"])
     one_step_off.iterate(0)
     rows["ray one-step-off"] = [timed(one_step_off, iteration) for iteration in iterations]
-    one_step_off.shutdown()
+    one_step_off.close()
     ray.shutdown()
 
     summaries = {name: summary(measured) for name, measured in rows.items()}

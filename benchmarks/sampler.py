@@ -16,7 +16,8 @@ import torch
 
 from cogrpo.models.checkpoint import build_model
 from cogrpo.proto.config import load_config
-from cogrpo.rollout.sampler import generate
+from cogrpo.rollout.masked_image.family import hand_knobs
+from cogrpo.rollout.masked_image.sampler import generate
 from cogrpo.rollout.schedule import HandSchedule
 
 
@@ -33,7 +34,7 @@ def main() -> None:
     model = build_model(config.model).eval()
     prompts = ["a photo of a red circle and a blue square", "a photo of three triangles"] * (args.batch // 2 + 1)
     cond = model.encode_prompts(prompts[: args.batch])
-    schedule = HandSchedule(config.sampler, args.steps)
+    schedule = HandSchedule(hand_knobs(config.sampler, args.steps))
     guided = config.sampler.guidance > 0
     rows = 2 * args.batch if guided else args.batch
     floor_tokens = torch.randint(0, model.codebook_size, (rows, model.num_tokens))

@@ -16,16 +16,17 @@ import tempfile
 import psutil
 import ray
 
-from cogrpo.cluster.ray_runtime import RayTrainer
+from cogrpo.cluster.loop import TrainingLoop, trainer
 from cogrpo.proto.config import load_config
 
 TINY = ["runtime=ray", "algo.prompts_per_iteration=2", "algo.group_size=4", "sampler.steps=4",
         "sampler.batch_size=8", "algo.alternate_every=1", "train.eval_at_start=false"]
 
 
-def resident_mb(trainer: RayTrainer) -> dict[str, float]:
+def resident_mb(loop: TrainingLoop) -> dict[str, float]:
     """RSS per process: the driver, then each actor by role (all on this machine for the embedded cluster)."""
-    roles = {"rollout": trainer.rollouts, "reward": trainer.rewards, "learner": trainer.learners}
+    runtime = loop.runtime
+    roles = {"rollout": runtime.rollouts.actors, "reward": runtime.rewards.actors, "learner": runtime.learners}
     out = {"driver": psutil.Process().memory_info().rss / 2**20}
     for role, actors in roles.items():
         for k, actor in enumerate(actors):
@@ -42,17 +43,17 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     config = load_config(args.config, TINY + [f"train.iterations={args.iterations}"])
-    trainer = RayTrainer(config, tempfile.mkdtemp(prefix="bench-soak-"), log=lambda line: None)
+    loop = trainer(config, tempfile.mkdtemp(prefix="bench-soak-"), log=lambda line: None)
     for iteration in range(args.warmup):
-        trainer.iterate(iteration)
-    after_warmup = resident_mb(trainer)
+        loop.iterate(iteration)
+    after_warmup = resident_mb(loop)
     trace = []  # (iteration, RSS per process): a leak keeps climbing, allocator warm-up levels off
     for iteration in range(args.warmup, args.iterations):
-        trainer.iterate(iteration)
+        loop.iterate(iteration)
         if (iteration + 1) % args.warmup == 0:
-            trace.append((iteration + 1, resident_mb(trainer)))
-    at_end = trace[-1][1] if trace and trace[-1][0] == args.iterations else resident_mb(trainer)
-    trainer.shutdown()
+            trace.append((iteration + 1, resident_mb(loop)))
+    at_end = trace[-1][1] if trace and trace[-1][0] == args.iterations else resident_mb(loop)
+    loop.close()
     ray.shutdown()
     print(f"| process | RSS after {args.warmup} iterations (MB) | RSS after {args.iterations} (MB) | growth |")
     print("| --- | --- | --- | --- |")

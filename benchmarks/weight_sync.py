@@ -1,4 +1,4 @@
-"""Weight-sync cost: learner -> rollout workers through the real Ray runtime (`RayTrainer.sync_weights`, the
+"""Weight-sync cost: learner -> rollout workers through the real Ray runtime (its weight channel's publish, the
 path every iteration takes), for TinyMDM widened to ~10M and ~100M parameters, over both transports. The floor
 is a plain memory copy of the same bytes (every tensor of the published message into a preallocated twin), so
 the ratio says what the transport costs beyond touching the bytes once. Floor and syncs come from the same run.
@@ -18,10 +18,9 @@ import time
 import ray
 import torch
 
-from cogrpo.cluster.ray_runtime import RayTrainer
-from cogrpo.cluster.weight_sync import named_state
-from cogrpo.models.checkpoint import build_model
-from cogrpo.models.schedule_policy import SchedulePolicy
+from cogrpo.cluster.build import build_policies
+from cogrpo.cluster.loop import trainer
+from cogrpo.cluster.ray.weights import named_state
 from cogrpo.proto.config import load_config
 
 # TinyMDM widths and depths that land near the named sizes (12 d^2 per block dominates).
@@ -55,18 +54,18 @@ def main() -> None:
     rows = []
     for size in args.sizes.split(","):
         config = load_config(args.config, common + SIZES[size])
-        model = build_model(config.model)
-        state = named_state(model, SchedulePolicy(config.schedule_policy, model.prompt_feature_dim))
-        params = sum(p.numel() for p in model.parameters())
+        policies = build_policies(config)
+        state = named_state(policies.model, policies.policy)
+        params = sum(p.numel() for p in policies.model.parameters())
         megabytes = sum(v.numel() * v.element_size() for v in state.values()) / 2**20
         floor = copy_floor(state, args.repeats)
-        del model, state
+        del policies, state
         for transport in TRANSPORTS:
             run = load_config(args.config, common + SIZES[size] + [f"cluster.weight_sync={transport}"])
-            trainer = RayTrainer(run, tempfile.mkdtemp(prefix="bench-sync-"), log=lambda line: None)
-            trainer.sync_weights()  # warm-up
-            sync = statistics.median(trainer.sync_weights() for _ in range(args.repeats))
-            trainer.shutdown()
+            channel = trainer(run, tempfile.mkdtemp(prefix="bench-sync-"), log=lambda line: None).runtime
+            channel.weights.publish(0)  # warm-up
+            sync = statistics.median(channel.weights.publish(0) for _ in range(args.repeats))
+            channel.close()
             row = {"size": size, "params": params, "MB": round(megabytes, 1), "transport": transport,
                    "sync_s": round(sync, 4), "copy_floor_s": round(floor, 4), "ratio": round(sync / floor, 1),
                    "GB_per_s": round(megabytes / 1024 / sync, 2)}

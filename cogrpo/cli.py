@@ -92,14 +92,15 @@ def _config(args: argparse.Namespace):
 
 
 def _setup(args: argparse.Namespace):
-    """Config, model, steps, seed and schedule shared by the sampling commands. A checkpoint saved by
+    """Config, family, model, steps, seed and schedule shared by the sampling commands. A checkpoint saved by
     `cogrpo train` brings its learned schedule policy, used with its mean action; otherwise the hand schedule.
     --schedule pairs the model with another one (how much of a run's gain is its schedule, or its model)."""
-    from cogrpo.learner.checkpoint import load_policy
-    from cogrpo.models.checkpoint import build_model, resolve_checkpoint_path
-    from cogrpo.models.interface import configure_compute
-    from cogrpo.models.schedule_policy import PolicySchedule
-    from cogrpo.rollout.schedule import HandSchedule, hand_knobs
+    from cogrpo.cluster.build import build_policies
+    from cogrpo.cluster.process import configure_compute
+    from cogrpo.learner.checkpoint import load_policy_into, saved_policy_config
+    from cogrpo.models.checkpoint import resolve_checkpoint_path
+    from cogrpo.models.schedule_policy import PolicySchedule, SchedulePolicy
+    from cogrpo.rollout.schedule import HandSchedule
 
     for name in ("steps", "n_per_prompt", "n"):
         _positive(f"--{name.replace('_', '-')}", getattr(args, name, None))
@@ -107,30 +108,34 @@ def _setup(args: argparse.Namespace):
     configure_compute(config.threads)
     steps = args.steps or config.eval.steps
     seed = config.seed if args.seed is None else args.seed
-    model = build_model(config.model)
-    policy, source = None, args.schedule or config.model.checkpoint
+    policies = build_policies(config)
+    family, model = policies.family, policies.model
+    schedule, source = HandSchedule(family.hand_schedule(steps)), args.schedule or config.model.checkpoint
     if source is not None and source != "hand":
-        policy = load_policy(resolve_checkpoint_path(source).parent, model.prompt_feature_dim)
-        if policy is None and args.schedule:
+        folder = resolve_checkpoint_path(source).parent
+        saved = saved_policy_config(folder)
+        if saved is None and args.schedule:
             raise InputError(f"--schedule {source}: no learned schedule policy there")
-    schedule = (PolicySchedule(policy, hand_knobs(config.sampler, steps), sample_actions=False) if policy
-                else HandSchedule(config.sampler, steps))
-    return config, model, steps, seed, schedule
+        if saved is not None:
+            policy = SchedulePolicy(saved, family.knobs, family.schedule_encoder(model, saved))
+            load_policy_into(folder, policy)
+            schedule = PolicySchedule(policy, family.hand_schedule(steps), sample_actions=False)
+    return config, family, model, steps, seed, schedule
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
     from cogrpo.data.grid import image_grid
     from cogrpo.data.prompts import parse_prompt, tokenize
     from cogrpo.rewards.shapes import ShapesReward
-    from cogrpo.rollout.evaluate import generate_images
+    from cogrpo.rollout.collect import decode_prompts, join
 
     _positive("--n", args.n)
     tokenize(args.prompt)
     if not args.out.lower().endswith(".png"):
         raise InputError(f"--out must be a .png file, got {args.out!r}")
-    config, model, steps, seed, schedule = _setup(args)
-    images = generate_images(model, [args.prompt] * args.n, schedule, steps, seed, config.sampler.batch_size,
-                             config.sampler.kind)
+    config, family, model, steps, seed, schedule = _setup(args)
+    images = join(decode_prompts(family, model, schedule, [args.prompt] * args.n, steps, seed,
+                                 config.sampler.batch_size)[0])
     try:
         record = parse_prompt(args.prompt)
         correct = [bool(j.strict) for j in ShapesReward().judge_batch(images, [record] * args.n)]
@@ -146,17 +151,17 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 def cmd_generate(args: argparse.Namespace) -> None:
     from cogrpo.data.geneval import read_metadata, write_generation
-    from cogrpo.rollout.collect import repeat_each
-    from cogrpo.rollout.evaluate import generate_images
+    from cogrpo.rollout.batching import repeat_each
+    from cogrpo.rollout.collect import decode_prompts, join
 
     records = read_metadata(args.metadata)
     outdir = Path(args.outdir)
     if outdir.exists() and (not outdir.is_dir() or any(outdir.iterdir())):
         raise InputError(f"output folder exists and is not empty: {outdir}")
-    config, model, steps, seed, schedule = _setup(args)
+    config, family, model, steps, seed, schedule = _setup(args)
     n = args.n_per_prompt
     prompts = repeat_each([r["prompt"] for r in records], n)
-    flat = generate_images(model, prompts, schedule, steps, seed, config.sampler.batch_size, config.sampler.kind)
+    flat = join(decode_prompts(family, model, schedule, prompts, steps, seed, config.sampler.batch_size)[0])
     write_generation(outdir, records, list(flat.reshape(len(records), n, *flat.shape[1:])))
     print(f"wrote {len(prompts)} images for {len(records)} prompts to {outdir}")
 
@@ -164,9 +169,12 @@ def cmd_generate(args: argparse.Namespace) -> None:
 def cmd_eval(args: argparse.Namespace) -> None:
     import numpy as np
 
+    from cogrpo.cluster.build import build_rewards
     from cogrpo.data.geneval import load_image, read_generation, read_metadata, resolve_metadata_path, write_jsonl
-    from cogrpo.rewards.registry import build_reward, mask_unscored, reward_stats, score_in_batches
-    from cogrpo.rollout.evaluate import evaluate, judge_images, summary
+    from cogrpo.rewards.registry import mask_unscored, reward_stats, score_in_batches
+    from cogrpo.rewards.shapes import geneval_summary, judge_generation
+    from cogrpo.rollout.batching import repeat_each
+    from cogrpo.rollout.collect import evaluate, join
 
     if args.images:
         for flag in ("checkpoint", "steps", "seed", "n_per_prompt"):
@@ -175,20 +183,21 @@ def cmd_eval(args: argparse.Namespace) -> None:
         config = _config(args)  # still validate the config and overrides
         folders = read_generation(args.images)
         records = [record for record, _ in folders]
-        images = [np.stack([load_image(p) for p in paths]) for _, paths in folders]
-        rows, judgements = judge_images(records, images)
-        result = summary(rows, judgements)
+        per_record = [np.stack([load_image(p) for p in paths]) for _, paths in folders]
+        rows, judgements = judge_generation(records, per_record)
+        result, samples = geneval_summary(rows, judgements), np.concatenate(per_record)
+        metadata = [record for record, images in zip(records, per_record, strict=True) for _ in images]
     else:
-        config, model, steps, seed, schedule = _setup(args)
+        config, family, model, steps, seed, schedule = _setup(args)
         records = read_metadata(resolve_metadata_path(args.metadata or config.eval.metadata))
+        n = args.n_per_prompt or config.eval.n_per_prompt
         start = time.time()
-        result, rows, images = evaluate(model, records, schedule, steps, seed, config.sampler.batch_size,
-                                        args.n_per_prompt or config.eval.n_per_prompt, config.sampler.kind)
+        evaluation = evaluate(family, model, schedule, records, steps, seed, config.sampler.batch_size, n)
+        result, rows, samples = evaluation.summary, evaluation.rows, join(evaluation.batches)
         result.update(steps=steps, seconds=round(time.time() - start, 1))
+        metadata = repeat_each(records, n)
     # the config's rewards too: GenEval's judge knows only the shapes world, a reward model any image
-    metadata = [record for record, samples in zip(records, images, strict=True) for _ in samples]
-    terms = score_in_batches([(build_reward(r), r.weight) for r in config.rewards], np.concatenate(list(images)),
-                             metadata, config.sampler.batch_size)
+    terms = score_in_batches(build_rewards(config), samples, metadata, config.sampler.batch_size)
     result.update(reward_stats(config.rewards, mask_unscored(terms)))
     if args.results:
         write_jsonl(args.results, rows)
@@ -204,12 +213,13 @@ def cmd_eval(args: argparse.Namespace) -> None:
 def cmd_pretrain(args: argparse.Namespace) -> None:
     import torch
 
+    from cogrpo.cluster.build import family_of
+    from cogrpo.cluster.process import configure_compute
     from cogrpo.data.geneval import read_metadata, resolve_metadata_path
     from cogrpo.learner.pretrain import pretrain
     from cogrpo.models.checkpoint import save_model
-    from cogrpo.models.interface import configure_compute
     from cogrpo.models.tiny_mdm import TinyMDM
-    from cogrpo.rollout.evaluate import evaluate
+    from cogrpo.rollout.collect import evaluate
     from cogrpo.rollout.schedule import HandSchedule
 
     config = _config(args)
@@ -224,26 +234,27 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     print(f"pretraining TinyMDM ({n_params / 1e6:.2f}M parameters) for {config.pretrain.steps} steps", flush=True)
     stats = pretrain(model, config.pretrain, config.seed, log=lambda row: print(json.dumps(row), flush=True))
     save_model(model, out, pretrain=json.dumps(stats))
-    result, _, _ = evaluate(model, records, HandSchedule(config.sampler, config.eval.steps), config.eval.steps,
-                            config.seed, config.sampler.batch_size, config.eval.n_per_prompt, config.sampler.kind)
+    family, steps = family_of(config), config.eval.steps
+    result = evaluate(family, model, HandSchedule(family.hand_schedule(steps)), records, steps, config.seed,
+                      config.sampler.batch_size, config.eval.n_per_prompt).summary
     print(json.dumps({"checkpoint": str(out), **stats, "eval": result}))
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from cogrpo.cluster.loop import trainer
+
     config = _config(args)
-    if config.runtime == "ray":
-        import ray
+    loop = None
+    try:
+        loop = trainer(config, args.run_dir, resume=args.resume)
+        evals = loop.fit()
+    finally:
+        if loop is not None:
+            loop.close()
+        if config.runtime == "ray":
+            import ray
 
-        from cogrpo.cluster.ray_runtime import RayTrainer
-
-        try:
-            evals = RayTrainer(config, args.run_dir, resume=args.resume).train()
-        finally:
             ray.shutdown()
-    else:
-        from cogrpo.cluster.local import LocalTrainer
-
-        evals = LocalTrainer(config, args.run_dir, resume=args.resume).train()
     kept = ("split", "steps", "overall", "strict", "partial")
     print(json.dumps({"final_eval": [{k: v for k, v in r.items() if k in kept or k.startswith("reward/")}
                                      for r in evals]}))

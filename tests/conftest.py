@@ -186,3 +186,26 @@ def tiny_hps(tmp_path_factory):
     model = open_clip.create_model(TINY_HPS_ARCH, pretrained=None).eval()
     torch.save({"state_dict": model.state_dict(), "epoch": 1}, root / "HPS_tiny.pt")
     return TINY_HPS_ARCH, model, root / "HPS_tiny.pt"
+
+
+@pytest.fixture(scope="session")
+def learner_update():
+    """One Co-GRPO update of a masked image model on a 4-sample batch it decoded itself (4 steps, phi's actions
+    sampled): the learner's metrics. Every step of every sample is trained."""
+    from cogrpo.learner.learner import Learner, ScoredBatch
+    from cogrpo.models.schedule_policy import PolicySchedule, SchedulePolicy
+    from cogrpo.proto.config import AlgoConfig, Config, SamplerConfig
+    from cogrpo.rollout.masked_image.family import MaskedImageFamily
+    from cogrpo.rollout.masked_image.sampler import generate
+
+    def update(model, prompts: list[str]) -> tuple[dict, object]:
+        config = Config(sampler=SamplerConfig(steps=4, guidance=1.0), algo=AlgoConfig(lr=1e-2, minibatch=4))
+        family = MaskedImageFamily(config)
+        policy = SchedulePolicy(config.schedule_policy, family.knobs,
+                                family.schedule_encoder(model, config.schedule_policy))
+        traj = generate(model, model.encode_prompts(prompts), PolicySchedule(policy, family.hand_schedule(4)), 4, 1)
+        batch = ScoredBatch(traj, torch.tensor([1.0, -1.0, 0.5, -0.5]), torch.ones(4, dtype=torch.bool),
+                            torch.ones(4, 4, dtype=torch.bool))
+        return Learner(model, policy, config, family).update(batch, iteration=0), traj
+
+    return update

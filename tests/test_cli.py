@@ -12,8 +12,8 @@ from safetensors.torch import load_file
 from cogrpo.cli import main
 from cogrpo.data.geneval import write_jsonl
 from cogrpo.data.prompts import colors, counting, position, single_object, two_object
-from cogrpo.learner.checkpoint import POLICY_FILE
-from cogrpo.models.checkpoint import AVERAGE_FILE, MODEL_FILE, resolve_checkpoint_path
+from cogrpo.models.checkpoint import resolve_checkpoint_path
+from cogrpo.proto.layout import CheckpointLayout, RunLayout
 
 RECORDS = [single_object("square"), colors("red", "circle"), counting(2, "triangle"),
            two_object("circle", "square"), position("square", "above", "circle", "blue", "red")]
@@ -69,9 +69,9 @@ def test_train_then_eval_the_run_directory_and_pair_its_model_and_schedule_with_
     again = json.loads(capsys.readouterr().out)
     assert again["overall"] == final[0]["overall"]  # same averaged model, same learned schedule, same seeds
     assert again["reward/shapes_partial"] == final[0]["reward/shapes_partial"]
-    latest = run_dir / "checkpoints" / "iter_000002"
-    assert resolve_checkpoint_path(str(run_dir)) == latest / AVERAGE_FILE
-    live, average = (load_file(latest / name) for name in (MODEL_FILE, AVERAGE_FILE))
+    latest = RunLayout(run_dir).checkpoint(2)
+    assert resolve_checkpoint_path(str(run_dir)) == latest.average
+    live, average = (load_file(path) for path in (latest.model, latest.average))
     assert not torch.equal(live["head.weight"], average["head.weight"])  # the run exported the average
     assert main(["train", "--config", "configs/smoke-cpu.yaml", "--run-dir", str(run_dir), *tiny]) == 2
     capsys.readouterr()
@@ -86,13 +86,13 @@ def test_train_then_eval_the_run_directory_and_pair_its_model_and_schedule_with_
     # --schedule swaps the schedule and keeps the model: the same images as each file alone in a folder of its own
     hand = grid(run_dir, "--schedule", "hand")
     assert hand != grid(run_dir)  # the run learned a schedule of its own
-    alone = tmp_path / "alone"
-    alone.mkdir()
-    shutil.copy(latest / AVERAGE_FILE, alone / MODEL_FILE)
-    assert hand == grid(alone / MODEL_FILE)
-    shutil.copy(latest / POLICY_FILE, alone / POLICY_FILE)
-    shutil.copy(resolve_checkpoint_path("builtin:tiny_mdm"), alone / MODEL_FILE)
-    assert grid("builtin:tiny_mdm", "--schedule", str(run_dir)) == grid(alone / MODEL_FILE)
+    alone = CheckpointLayout(tmp_path / "alone")
+    alone.folder.mkdir()
+    shutil.copy(latest.average, alone.model)
+    assert hand == grid(alone.model)
+    shutil.copy(latest.policy, alone.policy)
+    shutil.copy(resolve_checkpoint_path("builtin:tiny_mdm"), alone.model)
+    assert grid("builtin:tiny_mdm", "--schedule", str(run_dir)) == grid(alone.model)
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -1,77 +1,112 @@
-"""The single-process trainer: the whole Co-GRPO loop in one process. It is the debugging path and the baseline
-the distributed runtime must match, and it calls the same rollout and learner functions."""
+"""The single-process runtime: the whole loop in one process. It is the debugging path and the baseline the Ray
+runtime must match, and it calls the same rollout, reward and learner functions."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from cogrpo.cluster.plots import learned_schedule
-from cogrpo.cluster.trainer import Trainer, rollout_schedule, schedule_for
+from cogrpo.cluster.build import build_learner, build_policies, build_rewards
+from cogrpo.cluster.loop import EvalResult, Rollout
+from cogrpo.cluster.process import configure_compute
 from cogrpo.learner.averaging import WeightAverage, weights_swapped_in
 from cogrpo.learner.checkpoint import load_optimizers, load_weights, save_optimizers, save_weights
-from cogrpo.learner.cogrpo import Learner, ScoredBatch
-from cogrpo.models.checkpoint import build_model
-from cogrpo.models.interface import compute_device, configure_compute
-from cogrpo.models.schedule_policy import SchedulePolicy
-from cogrpo.rewards.registry import build_reward, score_in_batches
-from cogrpo.rollout.collect import collect, repeat_each
-from cogrpo.rollout.evaluate import evaluate
-from cogrpo.rollout.schedule import hand_knobs
+from cogrpo.learner.learner import ScoredBatch
+from cogrpo.models.interface import compute_device
+from cogrpo.proto.config import Config
+from cogrpo.proto.messages import Trajectory
+from cogrpo.rewards.registry import Terms, score_in_batches
+from cogrpo.rollout.batching import repeat_each
+from cogrpo.rollout.collect import collect, evaluate, join
+from cogrpo.rollout.schedule import rollout_schedule, schedule_for
 from cogrpo.rollout.steps import StepPlan
 
 
-class LocalTrainer(Trainer):
-    def start_runtime(self) -> None:
+@dataclass
+class LocalSamples:
+    """A rollout held in this process: its trajectories, the decoded samples, the weight version that made them,
+    and their scores once computed."""
+
+    traj: Trajectory
+    samples: np.ndarray | list
+    version: int
+    terms: Terms | None = None
+
+
+class LocalRuntime:
+    def __init__(self, config: Config):
+        self.config = config
+
+    def start(self) -> None:
         config = self.config
         configure_compute(config.threads)
-        torch.manual_seed(config.seed)
-        self.model = build_model(config.model).to(compute_device())
-        self.policy = SchedulePolicy(config.schedule_policy, self.model.prompt_feature_dim)
-        self.learner = Learner(self.model, self.policy, config)
+        policies = build_policies(config, compute_device())
+        self.family, self.model, self.policy = policies.family, policies.model, policies.policy
+        self.learner = build_learner(config, policies)
         self.average = WeightAverage(config.algo.ema_decay) if config.algo.ema_decay else None
-        self.rewards = [(build_reward(r), r.weight) for r in config.rewards]
+        self.rewards = build_rewards(config)
+        self.version = 0  # updates so far: a rollout made before the latest one is stale
 
-    def rollout_and_score(self, iteration: int, records: list[dict], plan: StepPlan):
-        config, algo = self.config, self.config.algo
-        schedule = rollout_schedule(config, self.policy, iteration)
-        traj = collect(self.model, schedule, [r["prompt"] for r in records], algo.samples_per_prompt,
-                       config.sampler.steps, plan, config.seed, iteration, config.sampler.batch_size,
-                       config.sampler.kind)
-        metadata = repeat_each(records, algo.samples_per_prompt)
-        images = self.model.decode_images(traj.tokens)
-        return traj, score_in_batches(self.rewards, images, metadata, config.sampler.batch_size)  # as Ray's are
+    def rollout(self, iteration: int, records: list[dict], plan: StepPlan) -> Rollout[LocalSamples]:
+        config = self.config
+        schedule = rollout_schedule(config, self.family, self.policy, iteration)
+        traj = collect(self.family, self.model, schedule, [r["prompt"] for r in records],
+                       config.algo.samples_per_prompt, plan, config.seed, iteration, config.sampler.batch_size)
+        samples = LocalSamples(traj, self.family.decode(self.model, traj), self.version)
+        return Rollout(iteration, records, plan, traj.batch_size, samples)
 
-    def update(self, iteration, handle, advantages, usable, plan):
-        batch = ScoredBatch(handle, torch.from_numpy(advantages), torch.from_numpy(usable), plan.trained)
-        metrics = self.learner.update(batch, iteration)
+    def score(self, rollout: Rollout[LocalSamples]) -> Terms:
+        held = rollout.handle
+        if held.terms is None:  # in batches of sampler.batch_size, as Ray's reward workers score
+            metadata = repeat_each(rollout.records, self.config.algo.samples_per_prompt)
+            held.terms = score_in_batches(self.rewards, held.samples, metadata, self.config.sampler.batch_size)
+        return held.terms
+
+    def update(self, iteration: int, rollout: Rollout[LocalSamples], advantages: np.ndarray,
+               usable: np.ndarray) -> dict:
+        held = rollout.handle
+        batch = ScoredBatch(held.traj, torch.from_numpy(advantages), torch.from_numpy(usable),
+                            rollout.plan.trained_mask(rollout.samples))
+        stale = held.version < self.version
+        metrics = self.learner.update(batch, iteration, stale=stale)
+        self.version += 1
         if self.average is not None and metrics["train_theta"]:
             self.average.update(self.model.state_dict())
-        return metrics
+        return {**metrics, "weight_version": self.version, "stale_samples": rollout.samples if stale else 0,
+                "staleness": float(self.version - 1 - held.version)}
 
-    def evaluate_split(self, records: list[dict], steps: int) -> tuple[dict, np.ndarray, list]:
-        config = self.config
-        schedule = schedule_for(config, self.policy, steps, sample_actions=False)
+    def publish(self) -> dict:
+        return {}  # the sampler is the learner's own model
+
+    def evaluate(self, records: list[dict], steps: int) -> EvalResult:
+        config, n = self.config, self.config.eval.n_per_prompt
+        schedule = schedule_for(config, self.family, self.policy, steps, sample_actions=False)
         with weights_swapped_in(self.model, self.average.state if self.average else None):
-            result, _, images = evaluate(self.model, records, schedule, steps, config.seed,
-                                         config.sampler.batch_size, config.eval.n_per_prompt, config.sampler.kind)
-        terms = score_in_batches(self.rewards, images.reshape(-1, *images.shape[2:]),
-                                 repeat_each(records, config.eval.n_per_prompt), config.sampler.batch_size)
-        return result, images[:16], terms
-
-    def learned_schedule(self, steps: int, prompts: list[str]) -> torch.Tensor:
-        feat = self.model.prompt_features_cpu(self.model.encode_prompts(prompts))
-        return learned_schedule(self.policy, hand_knobs(self.config.sampler, steps), feat)
+            result = evaluate(self.family, self.model, schedule, records, steps, config.seed,
+                              config.sampler.batch_size, n)
+        terms = score_in_batches(self.rewards, join(result.batches), repeat_each(records, n), config.sampler.batch_size)
+        return EvalResult(result.summary, result.rows, result.preview, terms, result.knobs)
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"theta": self.learner.theta_step.optimizer, "phi": self.learner.phi_step.optimizer}
 
-    def save_learner(self, folder: Path) -> None:
+    def save(self, folder: Path) -> None:
         save_weights(folder, self.model, self.policy, average=self.average)
         save_optimizers(folder, self.optimizers())
 
-    def load_learner(self, folder: Path, state: dict) -> None:
+    def load(self, folder: Path, state: dict) -> None:
         load_weights(folder, self.model, self.policy, average=self.average)
         load_optimizers(folder, self.optimizers())
+        self.version = state.get("weight_version", state["iteration"])
+
+    def state(self) -> dict:
+        return {"weight_version": self.version}
+
+    def fault_counts(self) -> dict:
+        return {}
+
+    def close(self) -> None:
+        pass

@@ -27,7 +27,6 @@ import torch
 
 from cogrpo.proto.config import MetricsConfig
 from cogrpo.proto.errors import InputError
-from cogrpo.proto.messages import KNOBS
 
 
 @dataclass(frozen=True)
@@ -114,18 +113,19 @@ def row_samples(row: dict) -> list[Sample]:
     return out
 
 
-def schedule_samples(table: torch.Tensor) -> list[Sample]:
-    """(steps, len(KNOBS)) learned knob values -> one cogrpo_schedule sample per knob and step."""
+def schedule_samples(table: torch.Tensor, names: list[str]) -> list[Sample]:
+    """(steps, len(names)) learned knob values -> one cogrpo_schedule sample per knob and step."""
     return [("cogrpo_schedule", float(table[step, k]), {"knob": knob, "step": str(step)})
-            for step in range(len(table)) for k, knob in enumerate(KNOBS)]
+            for step in range(len(table)) for k, knob in enumerate(names)]
 
 
 def eval_samples(row: dict) -> list[Sample]:
-    """One evaluation row (a split at a step count) -> its GenEval score and its mean rewards."""
+    """One evaluation row (a split at a step count) -> its GenEval score (on a family that has one) and its mean
+    rewards."""
     where = {"split": row["split"], "steps": str(row["steps"])}
-    return [("cogrpo_eval_score", float(row["overall"]), where)] + [
-        ("cogrpo_eval_reward", float(value), {**where, "reward": key[len("reward/"):]})
-        for key, value in row.items() if key.startswith("reward/")]
+    score = [("cogrpo_eval_score", float(row["overall"]), where)] if "overall" in row else []
+    return score + [("cogrpo_eval_reward", float(value), {**where, "reward": key[len("reward/"):]})
+                    for key, value in row.items() if key.startswith("reward/")]
 
 
 # what each kind of metric does with a sample, in both prometheus_client and ray.util.metrics
@@ -215,8 +215,8 @@ class MetricsSink:
     def record(self, row: dict) -> None:
         self._emit(row_samples(row))
 
-    def record_schedule(self, table: torch.Tensor) -> None:
-        self._emit(schedule_samples(table))
+    def record_schedule(self, table: torch.Tensor, names: list[str]) -> None:
+        self._emit(schedule_samples(table, names))
 
     def record_eval(self, row: dict) -> None:
         self._emit(eval_samples(row))

@@ -10,9 +10,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from cogrpo.models.schedule_policy import SchedulePolicy, squash  # noqa: E402
-from cogrpo.proto.messages import KNOBS  # noqa: E402
-
 
 def plot_rewards(metrics: list[dict], evals: list[dict], path: Path) -> None:
     """Each reward per iteration (lines) and per evaluation (markers, one style per split and step count, in the
@@ -27,7 +24,8 @@ def plot_rewards(metrics: list[dict], evals: list[dict], path: Path) -> None:
     for n, (split, steps) in enumerate(sorted({(e["split"], e["steps"]) for e in evals})):
         rows = [e for e in evals if (e["split"], e["steps"]) == (split, steps)]
         x, style = [e["iteration"] for e in rows], f"{markers[n % len(markers)]}--"
-        ax.plot(x, [e["overall"] for e in rows], style, color="0.4", label=f"eval {split}@{steps} overall")
+        if "overall" in rows[0]:  # GenEval's, on a family that has it
+            ax.plot(x, [e["overall"] for e in rows], style, color="0.4", label=f"eval {split}@{steps} overall")
         for key, colour in colours.items():
             if key in rows[0]:
                 ax.plot(x, [e[key] for e in rows], style, color=colour, label=f"eval {split}@{steps} {key[7:]}")
@@ -40,31 +38,19 @@ def plot_rewards(metrics: list[dict], evals: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-@torch.no_grad()
-def learned_schedule(policy: SchedulePolicy, hand_table: torch.Tensor, prompt_feat: torch.Tensor) -> torch.Tensor:
-    """(T, len(KNOBS)): the policy's mean knobs per step, averaged over prompts, along the hand schedule's
-    masked fractions."""
-    steps = len(hand_table)
-    ratio = hand_table[:, KNOBS.index("remask_ratio")]
-    masked_before = torch.cat([torch.ones(1), ratio[:-1]])
-    rows = []
-    for t in range(steps):
-        b = prompt_feat.shape[0]
-        mean, _ = policy(torch.full((b,), t), steps, masked_before[t].expand(b), prompt_feat)
-        rows.append(squash(hand_table[t].expand(b, -1), mean, policy.knob_index).mean(0))
-    return torch.stack(rows)
-
-
-def plot_schedule(learned: torch.Tensor, hand_table: torch.Tensor, path: Path, title: str = "") -> None:
-    fig, axes = plt.subplots(1, len(KNOBS), figsize=(3.2 * len(KNOBS), 3))
+def plot_schedule(learned: torch.Tensor, hand_table: torch.Tensor, names: list[str], path: Path,
+                  title: str = "") -> None:
+    """Each knob's values per step (learned: as the schedule applied them in an evaluation) against the hand
+    schedule's."""
+    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3), squeeze=False)
     steps = torch.arange(len(hand_table))
-    for k, (ax, name) in enumerate(zip(axes, KNOBS)):
+    for k, (ax, name) in enumerate(zip(axes[0], names)):
         ax.plot(steps, hand_table[:, k], "k--", label="hand")
         ax.plot(steps, learned[:, k], "o-", label="learned")
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    axes[0, 0].legend(fontsize=8)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=90)

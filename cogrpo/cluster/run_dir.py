@@ -1,23 +1,64 @@
-"""A run directory: the resolved config, metrics.jsonl, eval.jsonl, plots, sample grids and checkpoints."""
+"""A run directory as the loop keeps it (its layout is cogrpo/proto/layout.py): created for a new run, or reopened
+where a resumed run continues, with the rows logged so far."""
 
 from __future__ import annotations
 
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from cogrpo.proto.config import Config, dump_config
 from cogrpo.proto.errors import InputError
+from cogrpo.proto.layout import CheckpointLayout, RunLayout
 
 
 def run_path(config: Config, override: str | None = None) -> Path:
     return Path(override or config.train.run_dir or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{config.algo.mode}")
 
 
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where a resumed run continues: its run directory and the checkpoint with that checkpoint's driver state
+    (checkpoint None: the run has none yet, so it starts over in its directory)."""
+
+    run: Path
+    checkpoint: Path | None
+    state: dict
+
+
+def resume_point(config: Config, run_dir: str | None, resume: str | None) -> ResumePoint | None:
+    """`resume`: None (a new run), "auto" (the run's latest complete checkpoint, if any) or a checkpoint folder of
+    the run. Checked before any worker starts: a run with nothing left to do, or a checkpoint of the other
+    runtime (their learner states differ), fails at once."""
+    if resume is None:
+        return None
+    if not (run_dir or config.train.run_dir):
+        raise InputError("--resume needs the run to continue: --run-dir (or train.run_dir)")
+    path = run_path(config, run_dir)
+    layout = RunLayout(path)
+    checkpoint = layout.latest() if resume == "auto" else Path(resume)
+    if checkpoint is None:
+        return ResumePoint(path, None, {})
+    if not layout.holds(checkpoint):
+        raise InputError(f"--resume {resume}: not a checkpoint folder of run directory {path} "
+                         "(<run>/checkpoints/iter_NNNNNN)")
+    state = CheckpointLayout(checkpoint).read_state()
+    if state.get("runtime") != config.runtime:
+        raise InputError(f"checkpoint {checkpoint} was written by runtime {state.get('runtime')}, not "
+                         f"{config.runtime}: resume it with --set runtime={state.get('runtime')}")
+    if state["iteration"] >= config.train.iterations:
+        raise InputError(f"nothing to do: checkpoint {checkpoint} is at iteration {state['iteration']} and "
+                         f"train.iterations is {config.train.iterations} (ask for more with --set "
+                         "train.iterations=N)")
+    return ResumePoint(path, checkpoint, state)
+
+
 class RunDir:
     def __init__(self, path: Path):
         self.path = path
+        self.layout = RunLayout(path)
         self.metrics: list[dict] = []
         self.evals: list[dict] = []
 
@@ -35,8 +76,8 @@ class RunDir:
         over). Rows past it are dropped (a killed job may have logged some), so the continued run appends without
         duplicating or losing any; config.yaml becomes this invocation's config."""
         run = cls._open(config, path)
-        run.metrics = run._keep_rows("metrics.jsonl", through)
-        run.evals = run._keep_rows("eval.jsonl", through)
+        run.metrics = run._keep_rows(run.layout.metrics, through)
+        run.evals = run._keep_rows(run.layout.evals, through)
         return run
 
     @classmethod
@@ -44,31 +85,33 @@ class RunDir:
         if path.exists() and not path.is_dir():
             raise InputError(f"run directory {path} exists and is not a directory")
         path.mkdir(parents=True, exist_ok=True)
-        (path / "config.yaml").write_text(dump_config(config))
-        return cls(path)
+        run = cls(path)
+        run.layout.config.write_text(dump_config(config))
+        return run
 
-    def _keep_rows(self, name: str, through: int) -> list[dict]:
+    @staticmethod
+    def _keep_rows(path: Path, through: int) -> list[dict]:
         """The file's rows up to iteration `through`, rewritten atomically. A line a killed job left half-written
         is not a row."""
-        path = self.path / name
         lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
         rows = [row for row in map(_parse_row, lines) if row is not None and row["iteration"] <= through]
-        tmp = path.with_name(f".{name}.tmp")
+        tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
         os.replace(tmp, path)
         return rows
 
-    def _append(self, name: str, row: dict) -> None:
-        with open(self.path / name, "a", encoding="utf-8") as f:
+    @staticmethod
+    def _append(path: Path, row: dict) -> None:
+        with open(path, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
 
     def log_metrics(self, row: dict) -> None:
         self.metrics.append(row)
-        self._append("metrics.jsonl", row)
+        self._append(self.layout.metrics, row)
 
     def log_eval(self, row: dict) -> None:
         self.evals.append(row)
-        self._append("eval.jsonl", row)
+        self._append(self.layout.evals, row)
 
 
 def _parse_row(line: str) -> dict | None:

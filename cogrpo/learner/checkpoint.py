@@ -1,9 +1,5 @@
-"""RL checkpoints: `checkpoints/iter_NNNNNN/` holds everything a run needs to continue exactly where it stopped, and
-a `latest` marker names the newest complete one.
-
-Each part is written by the process that owns it into a staging folder (`.iter_NNNNNN.partial`); the driver then
-writes `state.json`, renames the folder and rewrites `latest` (temp file + os.replace), so a job killed at any
-moment leaves `latest` naming a complete checkpoint:
+"""What a checkpoint holds of the learner, written and read through the layout's names
+(cogrpo/proto/layout.py): both policies' weights, theta's moving average, the optimizer states and the RNG states.
 
 | file | written by | holds |
 | --- | --- | --- |
@@ -20,121 +16,59 @@ pickled code. The prompts need no saved state: `training_records(seed, iteration
 
 from __future__ import annotations
 
-import json
-import os
 import pickle
 import random
-import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from cogrpo.learner.averaging import WeightAverage
-from cogrpo.models.checkpoint import (AVERAGE_FILE, LATEST, MODEL_FILE, load_state_into, load_tensors, save_model,
-                                     save_tensors)
+from cogrpo.data.weights import load_state_into, load_tensors, save_tensors
+from cogrpo.models.checkpoint import save_model
 from cogrpo.models.schedule_policy import SchedulePolicy
 from cogrpo.proto.config import SchedulePolicyConfig
-from cogrpo.proto.errors import InputError
-
-POLICY_FILE = "schedule_policy.safetensors"
-OPTIMIZERS_FILE = "optimizers.pt"
-RNG_FILE = "rng.pt"
-STATE_FILE = "state.json"
-DEEPSPEED_DIR = "deepspeed"
+from cogrpo.proto.errors import InputError, last_line
+from cogrpo.proto.layout import CheckpointLayout
 
 
-def checkpoints_root(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "checkpoints"
-
-
-def _folder_name(iteration: int) -> str:
-    return f"iter_{iteration:06d}"
-
-
-def _staging_path(run_dir: str | Path, iteration: int) -> Path:
-    return checkpoints_root(run_dir) / f".{_folder_name(iteration)}.partial"
-
-
-def staging_folder(run_dir: str | Path, iteration: int) -> Path:
-    """An empty folder for the parts of the checkpoint at `iteration` (a leftover from a killed job is cleared)."""
-    staging = _staging_path(run_dir, iteration)
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    return staging
-
-
-def commit_checkpoint(run_dir: str | Path, iteration: int, state: dict) -> Path:
-    """Complete the staged checkpoint: its state.json last, then the folder under its final name, then `latest`."""
-    staging = _staging_path(run_dir, iteration)
-    (staging / STATE_FILE).write_text(json.dumps({"iteration": iteration, **state}))
-    final = checkpoints_root(run_dir) / _folder_name(iteration)
-    shutil.rmtree(final, ignore_errors=True)
-    staging.rename(final)
-    mark_latest(final)
-    return final
-
-
-def mark_latest(folder: Path) -> None:
-    """Point `latest` at a complete checkpoint folder, atomically."""
-    marker = folder.parent / f".{LATEST}.tmp"
-    marker.write_text(folder.name)
-    os.replace(marker, folder.parent / LATEST)
-
-
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    marker = checkpoints_root(run_dir) / LATEST
-    return marker.parent / marker.read_text().strip() if marker.is_file() else None
-
-
-def read_state(folder: Path) -> dict:
-    """The driver's state of a complete checkpoint folder."""
-    path = Path(folder) / STATE_FILE
-    if not path.is_file():
-        raise InputError(f"{folder} is not a complete checkpoint (no {STATE_FILE})")
-    try:
-        state = json.loads(path.read_text())
-        int(state["iteration"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise InputError(f"checkpoint state {path} is not valid ({exc})") from None
-    return state
-
-
-def save_weights(folder: Path, model, policy: SchedulePolicy, model_state: dict | None = None,
+def save_weights(folder: Path, model: torch.nn.Module, policy: SchedulePolicy, model_state: dict | None = None,
                  average: WeightAverage | None = None) -> None:
     """model_state: the full tensors when the module's own are partitioned (ZeRO-3). An average that has started
     is written as a whole model file beside the live one."""
-    save_model(model, folder / MODEL_FILE, model_state)
-    save_tensors(folder / POLICY_FILE, policy.state_dict(), {"config": policy.config.model_dump_json()})
+    files = CheckpointLayout(folder)
+    save_model(model, files.model, model_state)
+    save_tensors(files.policy, policy.state_dict(), {"config": policy.config.model_dump_json()})
     if average is not None and average.state is not None:
-        save_model(model, folder / AVERAGE_FILE, average.state)
+        save_model(model, files.average, average.state)
 
 
 def load_weights(folder: Path, model: torch.nn.Module | None, policy: SchedulePolicy,
                  average: WeightAverage | None = None) -> None:
     """What save_weights wrote, into live modules; model None where its weights come from elsewhere (DeepSpeed's
     checkpoint, under Ray)."""
-    for module, name in ((model, MODEL_FILE), (policy, POLICY_FILE)):
+    files = CheckpointLayout(folder)
+    for module, path in ((model, files.model), (policy, files.policy)):
         if module is not None:
-            path = Path(folder) / name
             load_state_into(module, load_tensors(path)[0], str(path))
-    if average is not None and (Path(folder) / AVERAGE_FILE).is_file():
-        average.state = load_tensors(Path(folder) / AVERAGE_FILE)[0]
+    if average is not None and files.average.is_file():
+        average.state = load_tensors(files.average)[0]
 
 
-def load_policy(folder: Path, prompt_dim: int) -> SchedulePolicy | None:
-    """The schedule policy saved beside a checkpoint's model file, or None if there is none."""
-    path = Path(folder) / POLICY_FILE
+def saved_policy_config(folder: Path) -> SchedulePolicyConfig | None:
+    """The config of the schedule policy saved in a checkpoint folder, or None if it holds none."""
+    path = CheckpointLayout(folder).policy
     if not path.is_file():
         return None
-    tensors, metadata = load_tensors(path)
     try:
-        config = SchedulePolicyConfig.model_validate_json(metadata["config"])
+        return SchedulePolicyConfig.model_validate_json(load_tensors(path)[1]["config"])
     except (KeyError, ValueError) as exc:
         raise InputError(f"schedule policy {path} has no valid config metadata ({exc})") from None
-    policy = SchedulePolicy(config, prompt_dim)
-    load_state_into(policy, tensors, str(path))
-    return policy
+
+
+def load_policy_into(folder: Path, policy: SchedulePolicy) -> None:
+    path = CheckpointLayout(folder).policy
+    load_state_into(policy, load_tensors(path)[0], str(path))
 
 
 def read_torch_file(path: Path) -> object:
@@ -144,15 +78,15 @@ def read_torch_file(path: Path) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
-        raise InputError(f"checkpoint file {path} is not readable ({str(exc).strip().splitlines()[-1]})") from None
+        raise InputError(f"checkpoint file {path} is not readable ({last_line(exc)})") from None
 
 
 def save_optimizers(folder: Path, optimizers: dict[str, torch.optim.Optimizer]) -> None:
-    torch.save({name: opt.state_dict() for name, opt in optimizers.items()}, folder / OPTIMIZERS_FILE)
+    torch.save({name: opt.state_dict() for name, opt in optimizers.items()}, CheckpointLayout(folder).optimizers)
 
 
 def load_optimizers(folder: Path, optimizers: dict[str, torch.optim.Optimizer]) -> None:
-    saved = read_torch_file(Path(folder) / OPTIMIZERS_FILE)
+    saved = read_torch_file(CheckpointLayout(folder).optimizers)
     for name, optimizer in optimizers.items():
         if name not in saved:
             raise InputError(f"checkpoint {folder} holds no optimizer state for {name}")
@@ -179,8 +113,8 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_rng(folder: Path) -> None:
-    torch.save(rng_state(), folder / RNG_FILE)
+    torch.save(rng_state(), CheckpointLayout(folder).rng)
 
 
 def load_rng(folder: Path) -> None:
-    set_rng_state(read_torch_file(Path(folder) / RNG_FILE))
+    set_rng_state(read_torch_file(CheckpointLayout(folder).rng))

@@ -1,10 +1,21 @@
-"""The pieces of the GRPO objectives, shared by every mode and runtime."""
+"""The GRPO objectives of both policies, shared by every mode, family and runtime. They see per-step action
+log-probabilities, their masks and advantages, never tokens or pixels.
+
+theta: per scored step (or estimator view), the ratios of the step's action elements averaged (or, with
+`ratio: step_product`, one ratio per step from the summed log-ratio), clipped PPO-style; stale samples carry a
+truncated behaviour -> old importance weight. phi: the schedule action's Gaussian log-prob per trained step.
+Every step of a sample shares the sample's group-relative advantage.
+"""
 
 from __future__ import annotations
 
 import math
 
 import torch
+
+from cogrpo.models.schedule_policy import SchedulePolicy
+from cogrpo.proto.config import AlgoConfig
+from cogrpo.proto.messages import Trajectory
 
 
 def cosine_decay(progress: float, min_ratio: float) -> float:
@@ -32,14 +43,61 @@ def truncated_is_weight(old_logp: torch.Tensor, behaviour_logp: torch.Tensor, ca
     return torch.exp(old_logp - behaviour_logp).clamp(max=cap)
 
 
-def maskgrpo_rates(gamma: float, iterations: int) -> list[float]:
-    """MaskGRPO's truncated mask rates r_j = min(gamma + (1 - gamma) (j + 1) / mu, 0.999)."""
-    return [min(gamma + (1 - gamma) * (j + 1) / iterations, 0.999) for j in range(iterations)]
+def theta_objective(logp: torch.Tensor, mask: torch.Tensor, old: torch.Tensor, behaviour: torch.Tensor | None,
+                    adv: torch.Tensor, algo: AlgoConfig,
+                    ref_logp: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    """Loss (to minimise) and metrics. logp, mask, old, behaviour, ref_logp: (B, S, A); adv: (B,). behaviour: the
+    sampler's log-probs when the estimator has them (their ratio to `old` is the importance weight of stale
+    samples; 1 for fresh ones), else None."""
+    logratio = (logp - old) * mask
+    has_actions = mask.any(-1)  # (B, S)
+    if algo.ratio == "token_mean":
+        surrogate, clipped = clipped_surrogate(logratio, adv[:, None, None], algo.clip_eps)
+        weight = mask if behaviour is None else truncated_is_weight(old, behaviour, algo.is_cap) * mask
+        per_element = surrogate * weight
+        if algo.token_average == "token":
+            objective = per_element.sum() / mask.sum()
+        else:
+            objective = (per_element.sum(-1) / mask.sum(-1).clamp(min=1))[has_actions].mean()
+        clip_frac = clipped[mask].float().mean()
+    else:  # one ratio per step: the product of its elements' ratios
+        surrogate, clipped = clipped_surrogate(logratio.sum(-1), adv[:, None], algo.clip_eps)
+        if behaviour is not None:  # the step's own behaviour -> old ratio, the same product, capped
+            surrogate = surrogate * torch.exp(((old - behaviour) * mask).sum(-1)).clamp(max=algo.is_cap)
+        objective = surrogate[has_actions].mean()
+        clip_frac = clipped[has_actions].float().mean()
+    approx_kl = ((torch.exp(logratio) - 1) - logratio)[mask].mean()
+    metrics = {"clip_frac_theta": clip_frac.item(), "approx_kl_theta": approx_kl.item()}
+    loss = -objective
+    if ref_logp is not None:
+        kl = k3_kl(logp, ref_logp)[mask].mean()
+        loss = loss + algo.kl_beta * kl
+        metrics["kl_ref"] = kl.item()
+    return loss, metrics
 
 
-def random_mask(shape: tuple[int, int], rate: float, seed: int) -> torch.Tensor:
-    """Exactly max(1, round(rate N)) uniformly random masked positions per row, reproducible from the seed."""
-    b, n = shape
-    count = max(1, round(rate * n))
-    scores = torch.rand(b, n, generator=torch.Generator().manual_seed(seed))
-    return scores.argsort(1).argsort(1) < count
+def phi_log_probs(policy: SchedulePolicy, traj: Trajectory, steps: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probs (B, len(steps)) of the recorded schedule actions under `policy`, from the recorded inputs, over
+    each step's effective dimensions; and the policy's std."""
+    idx = torch.tensor(steps)
+    step = traj.step_index[idx].expand(traj.batch_size, -1)
+    prompt_feat = traj.prompt_feat[:, None, :].expand(-1, len(steps), -1)
+    mean, std = policy(step, traj.schedule_steps, traj.sched_state[:, idx], prompt_feat)
+    return SchedulePolicy.log_prob(mean, std, traj.sched_action[:, idx], traj.sched_mask[idx]), std
+
+
+def phi_objective(policy: SchedulePolicy, traj: Trajectory, adv: torch.Tensor, steps: list[int], select: torch.Tensor,
+                  algo: AlgoConfig, old_logp: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    """select (B, len(steps)): the (sample, step) pairs trained. old_logp (B, len(steps)): the learner's old
+    log-probs when they differ from the behaviour ones."""
+    logp, std = phi_log_probs(policy, traj, steps)
+    behaviour = traj.sched_logp[:, torch.tensor(steps)]
+    old = behaviour if old_logp is None else old_logp
+    logratio = logp - old
+    surrogate, clipped = clipped_surrogate(logratio, adv[:, None], algo.clip_eps_phi)
+    surrogate = surrogate * truncated_is_weight(old, behaviour, algo.is_cap)
+    select = select & traj.sched_mask[torch.tensor(steps)].any(-1)  # a step with no effective dimension: no action
+    metrics = {"clip_frac_phi": clipped[select].float().mean().item(),
+               "approx_kl_phi": ((torch.exp(logratio) - 1) - logratio)[select].mean().item(),
+               "std_phi": std.mean().item()}
+    return -surrogate[select].mean(), metrics

@@ -31,7 +31,7 @@ from diffusers import AmusedScheduler, UVit2DModel, VQModel
 from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 
 from cogrpo.models.interface import ImageTokenizer, MaskedTokenModel
-from cogrpo.proto.errors import InputError
+from cogrpo.proto.errors import InputError, first_line
 
 COMPONENTS = ("transformer", "vqvae", "text_encoder", "tokenizer", "scheduler")
 MICRO_CONDS = 5
@@ -134,9 +134,14 @@ class VQTextModel(MaskedTokenModel):
     def prompt_feature_dim(self) -> int:
         return self.text.pooled_size
 
-    def prompt_features(self, cond: torch.Tensor) -> torch.Tensor:
+    def prompt_features(self, cond: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
         """The pooled CLIP embedding, copied out of `cond` (a view would carry all of cond when pickled)."""
         return self.unpack(cond)[1].detach().clone()
+
+    def token_table(self) -> torch.Tensor:
+        """The VQ-GAN's codebook (frozen), and zeros for the mask id."""
+        codebook = self.tokenizer.vq.quantize.embedding.weight.detach().cpu().float()
+        return torch.cat([codebook, torch.zeros(1, codebook.shape[1])])
 
     @abstractmethod
     def transformer_logits(self, ids: torch.Tensor, hidden: torch.Tensor, pooled: torch.Tensor,
@@ -181,7 +186,7 @@ def load_shared_components(root: str | Path, kind: str) -> tuple[Path, VQModel, 
         # only the mask id is read: Meissonic's scheduler class is its own, with aMUSEd's config
         mask_token_id = AmusedScheduler.load_config(root / "scheduler", **local)["mask_token_id"]
     except (OSError, ValueError, KeyError) as exc:
-        raise InputError(f"cannot load {kind} from {root}: {str(exc).splitlines()[0]}") from None
+        raise InputError(f"cannot load {kind} from {root}: {first_line(exc)}") from None
     return root, vq, ClipText(encoder, tokenizer), mask_token_id
 
 
@@ -191,5 +196,5 @@ def load_amused(path: str | Path) -> AmusedModel:
     try:
         transformer = UVit2DModel.from_pretrained(root / "transformer", local_files_only=True)
     except (OSError, ValueError) as exc:
-        raise InputError(f"cannot load aMUSEd from {root}: {str(exc).splitlines()[0]}") from None
+        raise InputError(f"cannot load aMUSEd from {root}: {first_line(exc)}") from None
     return AmusedModel(transformer, vq, text, mask_token_id)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 from abc import ABC, abstractmethod
 
 import numpy as np
@@ -28,29 +27,6 @@ class ImageTokenizer(ABC):
 def compute_device() -> torch.device:
     """The GPU when this process sees one (a Ray actor sees only the GPUs it was given), else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt() parameters (malloc.h)
-KEPT_BYTES = 1 << 30
-
-
-def keep_freed_memory() -> bool:
-    """Have glibc malloc serve large blocks from its heap and keep what is freed (up to 1 GiB at the top), instead
-    of an mmap() per large block and a munmap() per free. A training step allocates and frees the same large
-    tensors every time; by default each one comes back as fresh pages that fault in again: half the smoke config's
-    kernel time, and more in Ray actors (benchmarks/pipeline.py, BENCHMARKS.md). False where malloc is not glibc's."""
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return False
-    return bool(mallopt(M_MMAP_THRESHOLD, KEPT_BYTES)) and bool(mallopt(M_TRIM_THRESHOLD, KEPT_BYTES))
-
-
-def configure_compute(threads: int) -> None:
-    """What every computing process (trainer, Ray actor, CLI command) sets first: torch's thread count and
-    malloc's reuse of freed memory."""
-    torch.set_num_threads(threads)
-    keep_freed_memory()
 
 
 class MaskedTokenModel(nn.Module, ABC):
@@ -98,8 +74,19 @@ class MaskedTokenModel(nn.Module, ABC):
         """The unconditional conditioning used for guidance."""
 
     @abstractmethod
-    def prompt_features(self, cond: torch.Tensor) -> torch.Tensor:
-        """A pooled, detached embedding of the prompt (B, D) for the schedule policy to read."""
+    def prompt_features(self, cond: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
+        """A pooled, detached embedding of the prompt (B, D) for the schedule policy to read; `table`: a copy of
+        `prompt_table()` to read it through instead of the live weights."""
+
+    def prompt_table(self) -> torch.Tensor | None:
+        """A copy of the trained weights `prompt_features` reads (the schedule policy's frozen prompt encoder), or
+        None when they do not train (a frozen text encoder)."""
+        return None
+
+    @abstractmethod
+    def token_table(self) -> torch.Tensor:
+        """A copy of a frozen embedding of every token id, the mask id last ((codebook_size + 1, C)): the schedule
+        policy pools the canvas through it."""
 
     @property
     @abstractmethod

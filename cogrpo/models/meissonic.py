@@ -33,7 +33,7 @@ import torch
 from diffusers import VQModel
 
 from cogrpo.models.amused import ClipText, VQTextModel, load_shared_components, vq_scale
-from cogrpo.proto.errors import InputError
+from cogrpo.proto.errors import InputError, first_line
 
 CODE_FILE = Path("src") / "transformer.py"
 CLASS_NAME = "Transformer2DModel"
@@ -80,7 +80,7 @@ def import_class_from_file(path: Path, name: str) -> type:
             spec.loader.exec_module(module)
         except Exception as exc:  # the folder's code may fail in any way; say so in one line
             del sys.modules[module_name]
-            raise InputError(f"cannot import {path}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+            raise InputError(f"cannot import {path}: {type(exc).__name__}: {first_line(exc)}") from None
     cls = getattr(module, name, None)
     if not isinstance(cls, type):
         raise InputError(f"{path} defines no class {name}")
@@ -99,5 +99,5 @@ def load_meissonic(path: str | Path, resolution: int, trust_folder_code: bool) -
     try:
         transformer = transformer_class.from_pretrained(root / "transformer", local_files_only=True)
     except (OSError, ValueError, AttributeError) as exc:
-        raise InputError(f"cannot load Meissonic's transformer from {root}: {str(exc).splitlines()[0]}") from None
+        raise InputError(f"cannot load Meissonic's transformer from {root}: {first_line(exc)}") from None
     return MeissonicModel(transformer, vq, text, mask_token_id, resolution)

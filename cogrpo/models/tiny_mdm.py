@@ -35,6 +35,13 @@ class Block(nn.Module):
         return x + self.ff(self.ln2(x))
 
 
+@torch.no_grad()
+def mean_word_embedding(table: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    """The mean of the prompt words' rows of `table` (padding excluded): (B, D)."""
+    words = (cond != WORD_ID[PAD]).float()
+    return (F.embedding(cond, table) * words[..., None]).sum(1) / words.sum(1, keepdim=True).clamp(min=1)
+
+
 class TinyMDM(MaskedTokenModel):
     kind = "tiny_mdm"
 
@@ -64,10 +71,15 @@ class TinyMDM(MaskedTokenModel):
         return self.arch.d_model
 
     @torch.no_grad()
-    def prompt_features(self, cond: torch.Tensor) -> torch.Tensor:
+    def prompt_features(self, cond: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
         """Mean word embedding over the prompt's words (padding excluded)."""
-        words = (cond != WORD_ID[PAD]).float()
-        return (self.word_emb(cond) * words[..., None]).sum(1) / words.sum(1, keepdim=True).clamp(min=1)
+        return mean_word_embedding(self.word_emb.weight if table is None else table, cond)
+
+    def prompt_table(self) -> torch.Tensor:
+        return self.word_emb.weight.detach().cpu().clone()
+
+    def token_table(self) -> torch.Tensor:
+        return self.token_emb.weight.detach().cpu().clone()
 
     def forward(self, tokens: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         b = tokens.shape[0]

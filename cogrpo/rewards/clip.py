@@ -16,11 +16,13 @@ import torch
 from PIL import Image
 from transformers import CLIPModel, CLIPProcessor
 
-from cogrpo.proto.errors import InputError
+from cogrpo.proto.errors import InputError, first_line
 from cogrpo.rewards.interface import Reward, reward_device
 
 
 class ClipReward(Reward):
+    scores = "images"
+
     def __init__(self, path: str | Path, name: str = "clip"):
         root = Path(path)
         if not root.is_dir():
@@ -31,7 +33,7 @@ class ClipReward(Reward):
             self.model.requires_grad_(False)
             self.processor = CLIPProcessor.from_pretrained(root, local_files_only=True)
         except (OSError, ValueError) as exc:
-            raise InputError(f"cannot load CLIP from {root}: {str(exc).splitlines()[0]}") from None
+            raise InputError(f"cannot load CLIP from {root}: {first_line(exc)}") from None
         self.name = name
 
     @torch.no_grad()

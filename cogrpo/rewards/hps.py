@@ -16,12 +16,14 @@ import open_clip
 import torch
 from PIL import Image
 
-from cogrpo.models.checkpoint import load_state_into, read_state_dict
+from cogrpo.data.weights import load_state_into, read_state_dict
 from cogrpo.proto.errors import InputError
 from cogrpo.rewards.interface import Reward, reward_device
 
 
 class HpsReward(Reward):
+    scores = "images"
+
     def __init__(self, checkpoint: str | Path, arch: str = "ViT-H-14", name: str = "hps"):
         path = Path(checkpoint)
         if not path.is_file():

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cogrpo.models.checkpoint import load_state_into, read_state_dict
+from cogrpo.data.weights import load_state_into, read_state_dict
 from cogrpo.proto.errors import InputError
 from cogrpo.rewards.interface import Reward, reward_device
 
@@ -57,6 +57,8 @@ def _local_tokenizer(folder: Path):
 
 
 class ImageRewardScore(Reward):
+    scores = "images"
+
     def __init__(self, path: str | Path, name: str = "image_reward"):
         root = Path(path)
         missing = [f for f in FILES if not (root / f).exists()]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -17,6 +18,7 @@ class Reward(ABC):
     """
 
     name: str
+    scores: ClassVar[str]  # what it scores: "images" or "texts" (a config pairs it with a family that makes those)
 
     @abstractmethod
     def score(self, images: np.ndarray, prompts: list[str], metadata: list[dict]) -> tuple[np.ndarray, np.ndarray]:

@@ -7,12 +7,14 @@ from typing import Sequence
 import numpy as np
 
 from cogrpo.proto.config import RewardConfig
+from cogrpo.proto.plugins import load_plugin
 from cogrpo.rewards.interface import Reward
 from cogrpo.rewards.shapes import ShapesReward
 
 
 def build_reward(config: RewardConfig) -> Reward:
-    """Model-based rewards import their libraries (optional, slow to import) only when configured."""
+    """Model-based rewards import their libraries (optional, slow to import) only when configured; a reward of one's
+    own (kind plugin) is its class called with this section."""
     if config.kind == "shapes":
         return ShapesReward(config.head, name=config.name)
     if config.kind == "clip":
@@ -31,6 +33,10 @@ def build_reward(config: RewardConfig) -> Reward:
         from cogrpo.rewards.vlm_judge import VlmJudgeReward
 
         return VlmJudgeReward(config.judge, name=config.name)
+    if config.kind == "plugin":
+        reward = load_plugin(config.target)(config)
+        reward.name = config.name
+        return reward
     raise ValueError(f"unknown reward kind {config.kind!r}")
 
 

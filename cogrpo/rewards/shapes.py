@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from cogrpo.data.geneval import summarize
 from cogrpo.data.world import H, PALETTE, SHAPE_MASKS, W, to_palette
 from cogrpo.rewards.interface import Reward
 
@@ -110,6 +111,8 @@ def judge(objects: list[DetectedObject], record: dict) -> Judgement:
 class ShapesReward(Reward):
     """The embedded default reward; `head` picks strict (GenEval's correct) or partial credit."""
 
+    scores = "images"
+
     def __init__(self, head: str = "partial", name: str | None = None):
         if head not in ("strict", "partial"):
             raise ValueError(head)
@@ -123,3 +126,21 @@ class ShapesReward(Reward):
         judgements = self.judge_batch(images, metadata)
         scores = np.array([getattr(j, self.head) for j in judgements], dtype=np.float64)
         return scores, np.ones(len(scores), dtype=bool)
+
+
+def judge_generation(records: list[dict], images: list[np.ndarray]) -> tuple[list[dict], list[Judgement]]:
+    """GenEval result rows (filename, tag, prompt, correct, reason) for images[i] = the samples of records[i], and
+    their judgements."""
+    rows, judgements = [], []
+    for index, (record, samples) in enumerate(zip(records, images, strict=True)):
+        for n, j in enumerate(ShapesReward().judge_batch(samples, [record] * len(samples))):
+            rows.append({"filename": f"{index:05d}/samples/{n:05d}.png", "tag": record["tag"],
+                         "prompt": record["prompt"], "correct": bool(j.strict), "reason": j.reason})
+            judgements.append(j)
+    return rows, judgements
+
+
+def geneval_summary(rows: list[dict], judgements: list[Judgement]) -> dict:
+    """GenEval's overall and per-task scores, the mean strict and partial credit, and the image count."""
+    return {**summarize(rows), "strict": float(np.mean([j.strict for j in judgements])),
+            "partial": float(np.mean([j.partial for j in judgements])), "images": len(rows)}

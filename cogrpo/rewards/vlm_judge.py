@@ -50,6 +50,8 @@ def png_data_url(image: np.ndarray) -> str:
 
 
 class VlmJudgeReward(Reward):
+    scores = "images"
+
     def __init__(self, config: VlmJudgeConfig, name: str = "vlm_judge"):
         self.config = config
         self.url = config.base_url.rstrip("/") + "/chat/completions"

@@ -1,47 +1,56 @@
-"""Schedules decide the knobs of each decoding step. The hand schedule is fixed; a learned schedule policy
-(cogrpo.models.schedule_policy) follows the same protocol and also returns its sampled action and log-prob."""
+"""Schedules decide the knobs of each decoding step. The hand schedule is a family's fixed table; the learned
+schedule policy (cogrpo.models.schedule_policy) follows the same protocol and also returns its sampled action
+and log-prob. `schedule_for` and `rollout_schedule` are the one rule, in every runtime, for which schedule decodes."""
 
 from __future__ import annotations
 
-import math
 from typing import Protocol
 
 import torch
 
-from cogrpo.proto.config import SamplerConfig
-from cogrpo.proto.messages import KNOBS, Decision
+from cogrpo.models.schedule_policy import PolicySchedule, SchedulePolicy
+from cogrpo.proto.config import Config
+from cogrpo.proto.family import Family
+from cogrpo.proto.messages import Decision
 
 
 class Schedule(Protocol):
-    """step: index into a schedule of `steps` steps; explore: sample the action (else act deterministically)."""
+    """step: index into a schedule of `steps` steps; state (B, F) and prompt_feat (B, D): what the policy reads,
+    as its `encoder` makes them (None: the family's plainest reading); explore: sample the action (else act
+    deterministically); effective (K,) bool over the family's knobs: which could change the outcome at this step."""
 
-    def decide(self, step: int, steps: int, masked_fraction: torch.Tensor, prompt_feat: torch.Tensor,
-               explore: bool, generator: torch.Generator) -> Decision: ...
+    encoder: torch.nn.Module | None
 
-
-def hand_knobs(config: SamplerConfig, steps: int) -> torch.Tensor:
-    """(steps, len(KNOBS)): the cosine mask schedule, constant temperature and guidance, and a re-mask
-    temperature decaying linearly from its initial value (kept positive, so residual squashing is exact)."""
-    t = torch.arange(steps, dtype=torch.float64)
-    table = torch.empty(steps, len(KNOBS), dtype=torch.float64)
-    table[:, KNOBS.index("remask_ratio")] = torch.cos(math.pi / 2 * (t + 1) / steps)
-    table[-1, KNOBS.index("remask_ratio")] = 0.0  # exactly: the last step commits everything
-    table[:, KNOBS.index("temperature")] = config.temperature
-    table[:, KNOBS.index("remask_temperature")] = config.remask_temperature * (1 - t / steps)
-    table[:, KNOBS.index("guidance")] = config.guidance
-    return table.float()
+    def decide(self, step: int, steps: int, state: torch.Tensor, prompt_feat: torch.Tensor, explore: bool,
+               generator: torch.Generator, effective: torch.Tensor) -> Decision: ...
 
 
 class HandSchedule:
-    """The fixed schedule: the same knobs for every sample, no action, no log-prob."""
+    """The fixed schedule: the same knobs for every sample, no action, no log-prob. A trajectory decoded with it
+    records what `encoder` reads, as the schedule policy's would."""
 
-    def __init__(self, config: SamplerConfig, steps: int | None = None):
-        self.steps = steps or config.steps
-        self.table = hand_knobs(config, self.steps)
+    def __init__(self, table: torch.Tensor, encoder: torch.nn.Module | None = None):
+        self.table, self.encoder = table, encoder
 
-    def decide(self, step, steps, masked_fraction, prompt_feat, explore, generator):
-        if steps != self.steps:
-            raise ValueError(f"hand schedule built for {self.steps} steps, asked for {steps}")
-        batch = masked_fraction.shape[0]
-        return Decision(knobs=self.table[step].expand(batch, -1).clone(),
-                        action=torch.zeros(batch, 0), logp=torch.zeros(batch))
+    def decide(self, step, steps, state, prompt_feat, explore, generator, effective):
+        if steps != len(self.table):
+            raise ValueError(f"hand schedule built for {len(self.table)} steps, asked for {steps}")
+        batch = state.shape[0]
+        return Decision(knobs=self.table[step].expand(batch, -1).clone(), action=torch.zeros(batch, 0),
+                        logp=torch.zeros(batch), mask=torch.zeros(0, dtype=torch.bool))
+
+
+def schedule_for(config: Config, family: Family, policy: SchedulePolicy, steps: int,
+                 sample_actions: bool) -> Schedule:
+    """The hand schedule for model-only GRPO; otherwise the schedule policy around the hand schedule."""
+    if config.algo.mode == "grpo":
+        return HandSchedule(family.hand_schedule(steps), policy.encoder)
+    return PolicySchedule(policy, family.hand_schedule(steps), sample_actions)
+
+
+def rollout_schedule(config: Config, family: Family, policy: SchedulePolicy, iteration: int) -> Schedule:
+    """The schedule an iteration's rollouts decode with: phi's std as of this iteration, its actions sampled unless
+    phi is frozen and `algo.frozen_schedule` asks for its mean action."""
+    policy.decay_std(iteration)
+    return schedule_for(config, family, policy, config.sampler.steps,
+                        config.algo.samples_schedule_actions(iteration))

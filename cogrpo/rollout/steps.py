@@ -1,5 +1,6 @@
-"""Which decoding steps are trained each iteration: all; a random fraction (DanceGRPO); or a MixGRPO sliding
-window, with greedy decoding outside it and, in flash mode, fewer steps after it."""
+"""Which decoding steps are trained each iteration: all; a random fraction (DanceGRPO), one subset per iteration
+or one per sample; or a MixGRPO sliding window, with the steps outside it decoded greedily or stochastically but
+untrained and, in flash mode, fewer steps after it."""
 
 from __future__ import annotations
 
@@ -16,7 +17,24 @@ from cogrpo.proto.config import StepSubsetConfig
 class StepPlan:
     plan: list[int]  # schedule steps executed, in order
     stochastic: torch.Tensor  # (len(plan),) bool: sampled steps (the others decode greedily)
-    trained: list[int]  # positions in `plan` whose log-probs enter the loss
+    trained: list[int]  # positions in `plan` whose log-probs may enter the loss (every sample's, or any sample's)
+    per_sample: tuple[str, int] | None = None  # (key, count): each sample trains its own `count` of `trained`
+
+    def trained_mask(self, samples: int) -> torch.Tensor:
+        """(samples, len(plan)) bool: the steps each sample of the iteration trains (sample k: the k-th rollout)."""
+        mask = torch.zeros(samples, len(self.plan), dtype=torch.bool)
+        if self.per_sample is None:
+            mask[:, self.trained] = True
+            return mask
+        key, count = self.per_sample
+        for k in range(samples):
+            mask[k, random.Random(f"{key}:{k}").sample(self.trained, count)] = True
+        return mask
+
+
+def full_plan(steps: int) -> StepPlan:
+    """Every step executed, sampled and trained."""
+    return StepPlan(list(range(steps)), torch.ones(steps, dtype=torch.bool), list(range(steps)))
 
 
 def window_start(config: StepSubsetConfig, steps: int, iteration: int) -> int:
@@ -26,11 +44,13 @@ def window_start(config: StepSubsetConfig, steps: int, iteration: int) -> int:
 
 def step_plan(config: StepSubsetConfig, steps: int, iteration: int, seed: int) -> StepPlan:
     if config.mode == "all":
-        return StepPlan(list(range(steps)), torch.ones(steps, dtype=torch.bool), list(range(steps)))
+        return full_plan(steps)
     if config.mode == "random":
         k = max(1, round(config.fraction * steps))
-        trained = sorted(random.Random(f"{seed}:{iteration}").sample(range(steps), k))
-        return StepPlan(list(range(steps)), torch.ones(steps, dtype=torch.bool), trained)
+        every = torch.ones(steps, dtype=torch.bool)
+        if config.random_per == "sample":
+            return StepPlan(list(range(steps)), every, list(range(steps)), per_sample=(f"{seed}:{iteration}", k))
+        return StepPlan(list(range(steps)), every, sorted(random.Random(f"{seed}:{iteration}").sample(range(steps), k)))
     start = window_start(config, steps, iteration)
     end = start + config.window
     after = list(range(end, steps))
@@ -39,5 +59,6 @@ def step_plan(config: StepSubsetConfig, steps: int, iteration: int, seed: int) -
         # evenly spaced over the post-window segment, always ending on the last schedule step
         after = sorted({after[round(i * (len(after) - 1) / max(1, keep - 1))] for i in range(keep)} | {steps - 1})
     plan = list(range(end)) + after
-    stochastic = torch.tensor([start <= s < end for s in plan])
+    inside = torch.tensor([start <= s < end for s in plan])
+    stochastic = inside if config.outside == "greedy" else torch.ones(len(plan), dtype=torch.bool)
     return StepPlan(plan, stochastic, [i for i, s in enumerate(plan) if start <= s < end])

@@ -14,11 +14,11 @@ def eval_file(tmp_path_factory):
 
 @pytest.fixture
 def tiny_overrides(eval_file):
-    """`--set` values over configs/smoke-cpu.yaml for a few-second run: 2 iterations of 2 prompts x 4 samples,
-    4 steps, a 6-prompt eval."""
-    return ["train.iterations=2", "algo.prompts_per_iteration=2", "algo.group_size=4", "sampler.steps=4",
-            "train.eval_steps=[4]", f"train.eval_metadata={{heldout: {eval_file}}}", "algo.alternate_every=1",
-            "sampler.batch_size=8"]
+    """`--set` values over configs/smoke-cpu.yaml for a few-second run in one process: 2 iterations of 2 prompts x 4
+    samples, 4 steps, a 6-prompt eval."""
+    return ["runtime=local", "train.iterations=2", "algo.prompts_per_iteration=2", "algo.group_size=4",
+            "sampler.steps=4", "train.eval_steps=[4]", f"train.eval_metadata={{heldout: {eval_file}}}",
+            "algo.alternate_every=1", "sampler.batch_size=8"]
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from cogrpo.cli import COMMANDS, main
-from cogrpo.cluster.local import LocalTrainer
+from cogrpo.cluster.loop import TrainingLoop, trainer
 from cogrpo.data.prompts import training_records
 from cogrpo.proto.errors import FaultError
 from cogrpo.rewards.shapes import ShapesReward
@@ -24,10 +24,15 @@ def ray_runtime():
     ray = pytest.importorskip("ray")
     pytest.importorskip("deepspeed")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    from cogrpo.cluster import ray_runtime
+    from cogrpo.cluster.ray.driver import RayRuntime
 
-    yield ray_runtime
+    yield RayRuntime
     ray.shutdown()
+
+
+def run_on(runtime_class, config, path, log=lambda line: None) -> TrainingLoop:
+    """The loop over a runtime of the test's own (a RayRuntime that injects faults)."""
+    return TrainingLoop(config, runtime_class(config, log), str(path), log)
 
 
 def kill(actor) -> None:
@@ -38,21 +43,21 @@ def kill(actor) -> None:
 
 
 def test_killed_rollout_workers_restart_and_their_batches_come_out_the_same(tmp_path, tiny, ray_runtime):
-    class KillsRolloutWorkers(ray_runtime.RayTrainer):
+    class KillsRolloutWorkers(ray_runtime):
         """Kills worker 1 just before the weight broadcast after the first update, worker 0 while it generates
         the last iteration's first batch, and worker 0 again once it has made the final evaluation's images,
         before any of them is scored."""
 
-        def sync_weights(self):
+        def publish(self):
             if self.version == 1:
                 kill(self.rollouts[1])
-            return super().sync_weights()
+            return super().publish()
 
-        def _launch(self, iteration, records, plan):
-            batches = super()._launch(iteration, records, plan)
+        def rollout(self, iteration, records, plan):
+            launched = super().rollout(iteration, records, plan)
             if iteration == 2:
                 kill(self.rollouts[0])
-            return batches
+            return launched
 
         def _score(self, batch, term):
             if batch.iteration is None and batch.index == 0 and term == 0:
@@ -61,16 +66,18 @@ def test_killed_rollout_workers_restart_and_their_batches_come_out_the_same(tmp_
 
     config = tiny(*RAY, "train.iterations=3", "cluster.rollout_workers=2", "algo.update=joint")
     lines = []
-    faulty = KillsRolloutWorkers(config, str(tmp_path / "ray"), log=lines.append)
-    faulty.train()
+    faulty = run_on(KillsRolloutWorkers, config, tmp_path / "ray", lines.append)
+    faulty.fit()
     restarts = [line.split(" (")[0] for line in lines if " restarted (process" in line]
-    assert restarts == ["rollout worker 1 restarted", "rollout worker 0 restarted", "rollout worker 0 restarted"]
-    local = LocalTrainer(config, str(tmp_path / "local"), log=lambda line: None)
-    local.train()
+    # the third kill, once the final evaluation's samples exist, costs the run nothing: they are scored from
+    # objects the driver owns, and nothing asks that worker for more
+    assert restarts == ["rollout worker 1 restarted", "rollout worker 0 restarted"]
+    local = trainer(config.model_copy(update={"runtime": "local"}), str(tmp_path / "local"), log=lambda line: None)
+    local.fit()
     rows = faulty.run.metrics
     assert [r["actor_restarts"] for r in rows] == [{"rollout": 1, "reward": 0}, {"rollout": 0, "reward": 0},
                                                    {"rollout": 1, "reward": 0}]
-    assert faulty.transport == "object_store"  # a new process cannot join the broadcast group
+    assert faulty.runtime.weights.transport == "object_store"  # a new process cannot join the broadcast group
     for ray_row, local_row in zip(rows, local.run.metrics):
         assert ray_row["usable"] == ray_row["images"] == 8 and ray_row["dropped_groups"] == 0
         for key in ("reward/shapes_strict", "reward/shapes_partial", "adv_std"):  # the same samples
@@ -108,17 +115,17 @@ def test_hung_reward_calls_time_out_are_retried_then_left_unscored(tmp_path, tin
         config = tiny(*RAY, "train.iterations=1", "cluster.reward_timeout_s=2", "cluster.reward_retries=1",
                       "cluster.max_restarts=5", "algo.mode=schedule_only",
                       f"rewards=[{{kind: vlm_judge, judge: {{base_url: '{judge.url}', model: judge, retries: 0}}}}]")
-        trainer = ray_runtime.RayTrainer(config, str(tmp_path / "run"), log=lambda line: None)
-        trainer.train()
+        loop = run_on(ray_runtime, config, tmp_path / "run")
+        loop.fit()
     finally:
         stalling.release.set()
-    row = trainer.run.metrics[0]
+    row = loop.run.metrics[0]
     # the first group's call hung once, then scored; the second's hung on both attempts and stays unscored
     assert row["reward_timeouts"] == {"vlm_judge_judge": 3}
     assert row["actor_restarts"] == {"rollout": 0, "reward": 3}  # a hung worker is freed by a restart
     assert row["reward_failures"] == {"vlm_judge_judge": 4}
     assert row["dropped_groups"] == 1 and row["usable"] == 4 and row["reward/vlm_judge_judge"] == 5.0
-    assert trainer.run.evals[0]["reward/vlm_judge_judge"] == 5.0  # the judge scores the held-out images too
+    assert loop.run.evals[0]["reward/vlm_judge_judge"] == 5.0  # the judge scores the held-out images too
 
 
 def test_nan_scores_are_masked_and_a_group_left_with_one_sample_is_dropped(tmp_path, tiny, monkeypatch):
@@ -130,10 +137,10 @@ def test_nan_scores_are_masked_and_a_group_left_with_one_sample_is_dropped(tmp_p
 
     monkeypatch.setattr(ShapesReward, "score", first_three_nan)
     lines = []
-    trainer = LocalTrainer(tiny("runtime=local", "train.iterations=1", "algo.mode=schedule_only",
-                                "train.eval_at_start=false"), str(tmp_path / "run"), log=lines.append)
-    trainer.train()
-    row = trainer.run.metrics[0]
+    loop = trainer(tiny("train.iterations=1", "algo.mode=schedule_only", "train.eval_at_start=false"),
+                   str(tmp_path / "run"), log=lines.append)
+    loop.fit()
+    row = loop.run.metrics[0]
     assert row["reward_failures"] == {"shapes_strict": 3, "shapes_partial": 3}
     assert row["dropped_groups"] == 1 and row["usable"] == 4
     assert np.isfinite(row["reward/shapes_strict"]) and np.isfinite(row["loss_phi"])
@@ -141,16 +148,17 @@ def test_nan_scores_are_masked_and_a_group_left_with_one_sample_is_dropped(tmp_p
 
 
 def test_a_dead_learner_ends_the_run_naming_the_last_checkpoint(tmp_path, tiny, ray_runtime):
-    class KillsItsLearner(ray_runtime.RayTrainer):
-        def save_checkpoint(self, iteration):
-            super().save_checkpoint(iteration)
-            kill(self.learners[0])
+    class KillsItsLearner(ray_runtime):
+        def save(self, folder):
+            super().save(folder)
+            if "iter_000001" in str(folder):
+                kill(self.learners[0])
 
     config = tiny(*RAY, "train.checkpoint_every=1")
-    trainer = KillsItsLearner(config, str(tmp_path / "run"), log=lambda line: None)
+    loop = run_on(KillsItsLearner, config, tmp_path / "run")
     with pytest.raises(FaultError, match=r"a learner died .*last complete checkpoint is .*iter_000001: continue "
                                          r"with --resume auto"):
-        trainer.train()
+        loop.fit()
 
 
 def test_a_fault_exits_1_with_one_line(monkeypatch, capsys):

@@ -3,20 +3,20 @@ import json
 import pytest
 import torch
 
-from cogrpo.cluster.actors import RolloutWorker
-from cogrpo.cluster.local import LocalTrainer
+from cogrpo.cluster.loop import trainer
+from cogrpo.cluster.ray.actors import RolloutWorker
 from cogrpo.proto.config import load_config
-from cogrpo.rollout.schedule import hand_knobs
+from cogrpo.rollout.masked_image.family import hand_knobs
 
 TIMING = {"rollout_s", "update_s", "iteration_s", "images_per_s", "seconds"}
 
 
 def run(config, tmp_path, name):
-    trainer = LocalTrainer(config, str(tmp_path / name), log=lambda line: None)
-    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
-    policy_before = {k: v.clone() for k, v in trainer.policy.state_dict().items()}
-    trainer.train()
-    return trainer, before, policy_before
+    loop = trainer(config, str(tmp_path / name), log=lambda line: None)
+    before = {k: v.clone() for k, v in loop.runtime.model.state_dict().items()}
+    policy_before = {k: v.clone() for k, v in loop.runtime.policy.state_dict().items()}
+    loop.fit()
+    return loop, before, policy_before
 
 
 def changed(before, module):
@@ -29,7 +29,7 @@ def test_fixed_seeds_reproduce_the_run_exactly(tmp_path, tiny):
     b, _, _ = run(config, tmp_path, "b")
     strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMING} for r in rows]  # noqa: E731
     assert strip(a.run.metrics) == strip(b.run.metrics)
-    for (k, x), (_, y) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+    for (k, x), (_, y) in zip(a.runtime.model.state_dict().items(), b.runtime.model.state_dict().items()):
         assert torch.equal(x, y), k
     run_dir = tmp_path / "a"
     for name in ("config.yaml", "metrics.jsonl", "eval.jsonl", "reward_curve.png", "schedule.png",
@@ -40,10 +40,10 @@ def test_fixed_seeds_reproduce_the_run_exactly(tmp_path, tiny):
 
 
 def test_evaluations_score_every_image_with_the_runs_rewards(tmp_path, tiny):
-    trainer = LocalTrainer(tiny("train.iterations=1", "eval.n_per_prompt=3", "sampler.batch_size=4"),
-                           str(tmp_path / "run"), log=lambda line: None)
-    trainer.train()
-    for row in trainer.run.evals:  # 6 prompts x 3 images, in batches of 4; the shapes rewards judge as GenEval's does
+    loop = trainer(tiny("train.iterations=1", "eval.n_per_prompt=3", "sampler.batch_size=4"), str(tmp_path / "run"),
+                   log=lambda line: None)
+    loop.fit()
+    for row in loop.run.evals:  # 6 prompts x 3 images, in batches of 4; the shapes rewards judge as GenEval's does
         assert row["images"] == 18
         assert row["reward/shapes_strict"] == row["strict"]
         assert row["reward/shapes_partial"] == pytest.approx(row["partial"]) and row["partial"] > 0
@@ -58,10 +58,10 @@ def test_evaluations_score_every_image_with_the_runs_rewards(tmp_path, tiny):
 ])
 def test_each_mode_trains_only_its_policies(tmp_path, tiny, mode, update, phases):
     config = tiny(f"algo.mode={mode}", f"algo.update={update}")
-    trainer, model_before, policy_before = run(config, tmp_path, f"{mode}-{update}")
-    assert [(m["train_theta"], m["train_phi"]) for m in trainer.run.metrics] == phases
-    assert changed(model_before, trainer.model) == any(t for t, _ in phases)
-    assert changed(policy_before, trainer.policy) == any(p for _, p in phases)
+    loop, model_before, policy_before = run(config, tmp_path, f"{mode}-{update}")
+    assert [(m["train_theta"], m["train_phi"]) for m in loop.run.metrics] == phases
+    assert changed(model_before, loop.runtime.model) == any(t for t, _ in phases)
+    assert changed(policy_before, loop.runtime.policy) == any(p for _, p in phases)
 
 
 def test_window_flash_and_maskgrpo_variants_run(tmp_path, tiny):
@@ -69,27 +69,27 @@ def test_window_flash_and_maskgrpo_variants_run(tmp_path, tiny):
     run(window, tmp_path, "window")
     maskgrpo = tiny("algo.mode=grpo", "algo.theta_likelihood=maskgrpo", "sampler.kind=emerge",
                     "algo.inner_epochs=2")
-    trainer, before, _ = run(maskgrpo, tmp_path, "maskgrpo")
-    assert changed(before, trainer.model)
+    loop, before, _ = run(maskgrpo, tmp_path, "maskgrpo")
+    assert changed(before, loop.runtime.model)
     rows = [json.loads(line) for line in (tmp_path / "maskgrpo" / "metrics.jsonl").read_text().splitlines()]
     assert all("loss_theta" in r for r in rows)
 
 
 def test_down_sampling_rolls_out_more_and_trains_on_group_size_per_prompt(tmp_path, tiny):
-    trainer, before, _ = run(tiny("algo.mode=grpo", "algo.rollouts_per_prompt=6"), tmp_path, "pods")
-    for row in trainer.run.metrics:
+    loop, before, _ = run(tiny("algo.mode=grpo", "algo.rollouts_per_prompt=6"), tmp_path, "pods")
+    for row in loop.run.metrics:
         assert row["images"] == 2 * 6  # every rollout is scored and counted in the rewards
         assert row["usable"] == 2 * 4  # the update sees group_size of each prompt's six
-    assert changed(before, trainer.model)
+    assert changed(before, loop.runtime.model)
 
 
 def test_dynamic_sampling_rolls_out_candidate_prompts_and_trains_on_prompts_per_iteration(tmp_path, tiny):
-    trainer, before, _ = run(tiny("algo.candidate_prompts=3"), tmp_path, "dynamic")
-    for row in trainer.run.metrics:
+    loop, before, _ = run(tiny("algo.candidate_prompts=3"), tmp_path, "dynamic")
+    for row in loop.run.metrics:
         assert row["images"] == 3 * 4  # three prompts rolled out and scored
         assert row["usable"] == 2 * 4  # two of them trained
         assert row["dropped_groups"] == 0  # the prompt left out is not a fault
-    assert changed(before, trainer.model)
+    assert changed(before, loop.runtime.model)
 
 
 @pytest.mark.parametrize("frozen_schedule", ["sampled", "mean"])
@@ -97,13 +97,13 @@ def test_rollouts_act_a_frozen_schedule_as_configured_in_both_runtimes(tmp_path,
     """alternate_every=1, theta first: iteration 0 trains theta alone, iteration 1 phi. A fresh phi's mean action
     is the hand schedule, so a rollout decoded with it carries the hand knobs (to rounding)."""
     config = tiny(f"algo.frozen_schedule={frozen_schedule}")
-    local = LocalTrainer(config, str(tmp_path / "run"), log=lambda line: None)
+    local = trainer(config, str(tmp_path / "run"), log=lambda line: None)
     remote = RolloutWorker(config)
     remote.version = 0  # the shipped weights, as the driver's first broadcast would leave them
     hand = hand_knobs(config.sampler, config.sampler.steps)
     for iteration, samples_actions in ((0, frozen_schedule == "sampled"), (1, True)):
-        records, plan = local.iteration_inputs(iteration)
-        traj, _ = local.rollout_and_score(iteration, records, plan)
+        records, plan = local.inputs(iteration)
+        traj = local.runtime.rollout(iteration, records, plan).handle.traj
         prompts = [r["prompt"] for r in records for _ in range(config.algo.samples_per_prompt)]
         remote_traj, _, _ = remote.generate(prompts[:config.sampler.batch_size], plan, 0, iteration, 0)
         for knobs in (traj.knobs, remote_traj.knobs):

@@ -16,11 +16,13 @@ import pytest
 import torch
 import yaml
 
-from cogrpo.cluster.local import LocalTrainer
+from cogrpo.cluster.loop import trainer
 from cogrpo.cluster.metrics import METRICS, MetricsSink, eval_samples, row_samples
 from cogrpo.proto.config import MetricsConfig
 from cogrpo.proto.errors import InputError
-from cogrpo.proto.messages import KNOBS
+from cogrpo.proto.kinds import MASKED_IMAGE_KNOBS
+
+KNOBS = [knob.name for knob in MASKED_IMAGE_KNOBS]
 
 DOCKER = Path(__file__).resolve().parents[2] / "docker"
 # a row as the Ray runtime logs it, with the keys fault handling adds
@@ -72,7 +74,7 @@ def test_every_dashboard_query_names_a_metric_the_code_exports():
     sink = MetricsSink(MetricsConfig(port=0), ray_export=False)
     try:
         sink.record(ROW)
-        sink.record_schedule(torch.rand(4, len(KNOBS)))
+        sink.record_schedule(torch.rand(4, len(KNOBS)), KNOBS)
         sink.record_eval(EVAL_ROW)
         exported = exported_names(sink.url)
     finally:
@@ -160,25 +162,25 @@ def prometheus(tmp_path):
 @needs_prometheus
 def test_prometheus_scrapes_the_rewards_and_evaluation_of_a_local_training_run(tmp_path, tiny, prometheus):
     config = tiny("metrics.port=0", "train.eval_at_start=false")
-    trainer = LocalTrainer(config, str(tmp_path / "run"), log=lambda line: None)
+    loop = trainer(config, str(tmp_path / "run"), log=lambda line: None)
     try:
-        query = prometheus(shipped_config(tmp_path, trainer.metrics.url.split("/")[2], tmp_path / "no-ray.json"))
-        trainer.train()
-        last = trainer.run.metrics[-1]
+        query = prometheus(shipped_config(tmp_path, loop.metrics.url.split("/")[2], tmp_path / "no-ray.json"))
+        loop.fit()
+        last = loop.run.metrics[-1]
         want = {name[len("reward/"):]: value for name, value in last.items() if name.startswith("reward/")}
         got = query('cogrpo_reward_mean{job="cogrpo-driver"}',
                     lambda r: {s["metric"]["reward"]: float(s["value"][1]) for s in r} == want)
         assert len(got) == 2  # shapes_strict and shapes_partial
         schedule = query("cogrpo_schedule", lambda r: len(r) == len(KNOBS) * config.sampler.steps)
         assert {s["metric"]["knob"] for s in schedule} == set(KNOBS)
-        final = trainer.run.evals[-1]
+        final = loop.run.evals[-1]
         want = {name[len("reward/"):]: value for name, value in final.items() if name.startswith("reward/")}
         query('cogrpo_eval_reward{job="cogrpo-driver", split="heldout"}',
               lambda r: {s["metric"]["reward"]: float(s["value"][1]) for s in r} == want)
         query('cogrpo_eval_score{job="cogrpo-driver"}',
               lambda r: [float(s["value"][1]) for s in r] == [final["overall"]])
     finally:
-        trainer.metrics.close()
+        loop.close()
 
 
 @needs_prometheus

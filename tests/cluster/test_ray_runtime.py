@@ -11,11 +11,11 @@ import pytest
 ray = pytest.importorskip("ray")
 pytest.importorskip("deepspeed")
 
-from cogrpo.cluster.actors import rank_shard  # noqa: E402
-from cogrpo.cluster.local import LocalTrainer  # noqa: E402
-import ray._private.ray_constants as ray_constants  # noqa: E402
-from cogrpo.cluster.ray_runtime import SINGLE_MACHINE_ENV, RayTrainer, connect, return_to  # noqa: E402
-from cogrpo.cluster.weight_sync import named_state, to_numpy  # noqa: E402
+from cogrpo.cluster.compat import ray_cluster_flag  # noqa: E402
+from cogrpo.cluster.loop import trainer  # noqa: E402
+from cogrpo.cluster.ray.connect import SINGLE_MACHINE_ENV, connect, return_to  # noqa: E402
+from cogrpo.cluster.ray.learner import rank_shard  # noqa: E402
+from cogrpo.cluster.ray.weights import named_state, to_numpy  # noqa: E402
 from cogrpo.proto.errors import FaultError, InputError  # noqa: E402
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -48,10 +48,10 @@ def test_distributed_run_matches_the_single_process_trainer(tmp_path, tiny, eval
                   "cluster.rollout_cpus=0.5", "cluster.learner_cpus=0.5", "algo.rollouts_per_prompt=6",
                   "algo.candidate_prompts=3", "algo.ema_decay=0.5",
                   f"train.eval_metadata={{heldout: {eval_file}, again: {eval_file}}}")
-    local = LocalTrainer(config, str(tmp_path / "local"), log=lambda line: None)
-    local.train()
-    dist = RayTrainer(config, str(tmp_path / "ray"), log=lambda line: None)
-    dist.train()
+    local = trainer(config.model_copy(update={"runtime": "local"}), str(tmp_path / "local"), log=lambda line: None)
+    local.fit()
+    dist = trainer(config, str(tmp_path / "ray"), log=lambda line: None)
+    dist.fit()
     for a, b in zip(local.run.metrics, dist.run.metrics):
         for key in ("reward/shapes_strict", "reward/shapes_partial", "adv_std", "usable"):
             assert a[key] == b[key], key  # identical rollouts: same weights, batches and seeds
@@ -63,8 +63,8 @@ def test_distributed_run_matches_the_single_process_trainer(tmp_path, tiny, eval
         assert a["overall"] == b["overall"] and a["by_task"] == b["by_task"]  # theta's average, evaluated
         for key in ("reward/shapes_strict", "reward/shapes_partial"):  # scored by the reward workers, batch by batch
             assert a[key] == b[key], key
-    published = ray.get(dist.rollouts[1].weights.remote())
-    mine = to_numpy(named_state(local.model, local.policy))
+    published = ray.get(dist.runtime.rollouts[1].weights.remote())
+    mine = to_numpy(named_state(local.runtime.model, local.runtime.policy))
     for name, value in mine.items():
         np.testing.assert_allclose(published[name], value, atol=1e-5, err_msg=name)
     assert not (tmp_path / "jit").exists(), "the learner JIT-compiled a DeepSpeed op"
@@ -74,12 +74,12 @@ def test_the_embedded_cluster_listens_on_loopback_only(tiny, local_ray):
     """Security default: no process of the embedded cluster accepts connections from another machine (on Linux Ray
     would advertise the network address and listen on every interface), and what made it so does not outlive
     ray.init(), which a multi-node cluster started later from the same process would inherit."""
-    mode_before = ray_constants.ENABLE_RAY_CLUSTER
+    mode_before = ray_cluster_flag()
     connect(tiny("runtime=ray"))
     assert ray.get(ray.remote(ray.util.get_node_ip_address).remote()) == "127.0.0.1"
     listening = cluster_listeners()
     assert listening and listening <= LOOPBACK_ADDRESSES, listening
-    assert SINGLE_MACHINE_ENV not in os.environ and ray_constants.ENABLE_RAY_CLUSTER == mode_before
+    assert SINGLE_MACHINE_ENV not in os.environ and ray_cluster_flag() == mode_before
 
 
 def test_the_driver_returns_to_its_working_directory_once_it_is_back(tmp_path, monkeypatch):
@@ -113,7 +113,7 @@ def test_each_learner_rank_fetches_only_the_batches_its_share_lies_in():
 def test_a_request_the_cluster_cannot_satisfy_fails_at_once(tmp_path, tiny, local_ray):
     config = tiny(*RAY, "cluster.learner_gpus=1")
     with pytest.raises(InputError, match="1 GPU needed, 0 in the cluster"):
-        RayTrainer(config, str(tmp_path / "run"), log=lambda line: None)
+        trainer(config, str(tmp_path / "run"), log=lambda line: None)
 
 
 @pytest.mark.parametrize("stage, transport", [(2, "object_store"), (3, "collective")])
@@ -121,7 +121,8 @@ def test_zero_stages_with_two_learner_ranks_update_and_sync(tmp_path, tiny, loca
     config = tiny(*RAY, "train.iterations=1", f"cluster.zero_stage={stage}", f"cluster.weight_sync={transport}",
                   "cluster.learner_ranks=2", "cluster.learner_cpus=0.5", "cluster.rollout_cpus=0.5",
                   "algo.update=joint")
-    trainer = RayTrainer(config, str(tmp_path / f"zero{stage}"), log=lambda line: None)
+    loop = trainer(config, str(tmp_path / f"zero{stage}"), log=lambda line: None)
+    learners, rollouts = loop.runtime.learners, loop.runtime.rollouts
 
     def count_full_state_gathers(worker) -> None:  # runs in each learner actor (nested: pickled by value)
         import deepspeed
@@ -135,17 +136,17 @@ def test_zero_stages_with_two_learner_ranks_update_and_sync(tmp_path, tiny, loca
 
         deepspeed.zero.GatheredParameters = counted
 
-    ray.get([w.__ray_call__.remote(count_full_state_gathers) for w in trainer.learners])
-    trainer.train()
+    ray.get([w.__ray_call__.remote(count_full_state_gathers) for w in learners])
+    loop.fit()
     assert cluster_listeners() <= LOOPBACK_ADDRESSES  # Ray's servers, the rendezvous stores, both gloo groups
-    row = trainer.run.metrics[0]
+    row = loop.run.metrics[0]
     # ZeRO-3 gathers the full state once for the moving average and the publish after it, once for the checkpoint
-    gathers = ray.get([w.__ray_call__.remote(lambda worker: worker.gathers) for w in trainer.learners])
+    gathers = ray.get([w.__ray_call__.remote(lambda worker: worker.gathers) for w in learners])
     assert gathers == ([2, 2] if stage == 3 else [0, 0])
     assert row["train_theta"] and np.isfinite(row["loss_theta"]) and row["weight_version"] == 1
     assert (tmp_path / f"zero{stage}" / "checkpoints" / "iter_000001" / "model.safetensors").is_file()
-    learned = ray.get([w.weights.remote() for w in trainer.learners])[0]
-    received = ray.get(trainer.rollouts[0].weights.remote())
+    learned = ray.get([w.weights.remote() for w in learners])[0]
+    received = ray.get(rollouts[0].weights.remote())
     assert received["model.head.weight"].shape == learned["model.head.weight"].shape  # full, not a ZeRO-3 shard
     for name in learned:
         np.testing.assert_array_equal(received[name], learned[name], err_msg=name)
@@ -164,14 +165,14 @@ def test_two_nodes_rollout_and_learner_apart_with_weights_synced(tmp_path, tiny)
                       "cluster.rollout_resources={rollout_node: 0.01}",
                       "cluster.learner_resources={learner_node: 0.01}", "cluster.rollout_cpus=0.5",
                       "cluster.learner_cpus=0.5")
-        trainer = RayTrainer(config, str(tmp_path / "run"), log=lambda line: None)
-        rollout_node = ray.get(trainer.rollouts[0].ready.remote())
-        learner_node = ray.get(trainer.learners[0].ready.remote())
+        loop = trainer(config, str(tmp_path / "run"), log=lambda line: None)
+        rollout_node = ray.get(loop.runtime.rollouts[0].ready.remote())
+        learner_node = ray.get(loop.runtime.learners[0].ready.remote())
         nodes = {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes()}
         assert nodes[rollout_node] == "127.0.0.3" and nodes[learner_node] == "127.0.0.2"
-        trainer.train()
-        published = ray.get(trainer.learners[0].weights.remote())
-        received = ray.get(trainer.rollouts[0].weights.remote())
+        loop.fit()
+        published = ray.get(loop.runtime.learners[0].weights.remote())
+        received = ray.get(loop.runtime.rollouts[0].weights.remote())
         assert published.keys() == received.keys()
         for name in published:
             np.testing.assert_array_equal(published[name], received[name], err_msg=name)
@@ -183,14 +184,14 @@ def test_two_nodes_rollout_and_learner_apart_with_weights_synced(tmp_path, tiny)
 def test_one_step_off_overlaps_rollouts_and_corrects_the_stale_samples(tmp_path, tiny, local_ray):
     config = tiny(*RAY, "train.iterations=3", "cluster.max_staleness=1", "algo.update=joint",
                   "cluster.rollout_cpus=0.5", "cluster.learner_cpus=0.5", "train.eval_every=1")
-    trainer = RayTrainer(config, str(tmp_path / "run"), log=lambda line: None)
-    trainer.train()
-    rows = trainer.run.metrics
+    loop = trainer(config, str(tmp_path / "run"), log=lambda line: None)
+    loop.fit()
+    rows = loop.run.metrics
     # the evaluations after iterations 1 and 2 ran while the next iteration's batches were in flight
-    assert [e["iteration"] for e in trainer.run.evals] == [1, 2, 3]
+    assert [e["iteration"] for e in loop.run.evals] == [1, 2, 3]
     assert all(r["reward_failures"] == {"shapes_strict": 0, "shapes_partial": 0} for r in rows)
     assert all(0 <= e["reward/shapes_partial"] <= 1 and e["reward/shapes_strict"] == e["strict"]
-               for e in trainer.run.evals)
+               for e in loop.run.evals)
     assert [r["weight_version"] for r in rows] == [1, 2, 3]
     # iteration 1's rollouts ran on version 0 as the learner did; each later batch was launched before the
     # update that precedes it, so it is exactly one version behind, and every sample of it is counted stale

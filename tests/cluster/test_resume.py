@@ -16,9 +16,8 @@ import torch
 from safetensors.torch import load_file
 
 from cogrpo.cli import main
-from cogrpo.cluster.local import LocalTrainer
-from cogrpo.learner.checkpoint import OPTIMIZERS_FILE, POLICY_FILE
-from cogrpo.models.checkpoint import AVERAGE_FILE, MODEL_FILE
+from cogrpo.cluster.loop import trainer
+from cogrpo.proto.layout import RunLayout
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "RAY_AUTH_MODE": "disabled"}
@@ -48,12 +47,12 @@ def assert_same_tree(a, b, where: str = "") -> None:
         assert a == b, where
 
 
-def assert_same_end(a: Path, b: Path, files=(MODEL_FILE, AVERAGE_FILE, POLICY_FILE)) -> None:
+def assert_same_end(a: Path, b: Path, files=("model", "average", "policy")) -> None:
     """Same final checkpoint files (tensors bit for bit), same metrics and evaluation rows."""
     for name in files:
-        load = load_file if name.endswith(".safetensors") else lambda p: torch.load(p, weights_only=True)
-        assert_same_tree(load(a / "checkpoints" / "iter_000006" / name), load(b / "checkpoints" / "iter_000006" / name),
-                         name)
+        one, two = (getattr(RunLayout(run).checkpoint(6), name) for run in (a, b))
+        load = load_file if one.suffix == ".safetensors" else lambda p: torch.load(p, weights_only=True)
+        assert_same_tree(load(one), load(two), name)
     assert rows(a) == rows(b)
     assert [r["iteration"] for r in rows(b)] == [1, 2, 3, 4, 5, 6]
     assert rows(a, "eval.jsonl") == rows(b, "eval.jsonl")
@@ -65,28 +64,27 @@ class Killed(Exception):
 
 def test_local_run_killed_after_its_checkpoint_resumes_to_the_same_end(tmp_path, tiny):
     config = tiny("runtime=local", *SIX)
-    LocalTrainer(config, str(tmp_path / "straight"), log=lambda line: None).train()
+    trainer(config, str(tmp_path / "straight"), log=lambda line: None).fit()
 
     run = tmp_path / "resumed"
-    doomed = LocalTrainer(config, str(run), log=lambda line: None)
-    iterate = doomed.iterate
+    doomed = trainer(config, str(run), log=lambda line: None)
+    log_metrics = doomed.run.log_metrics
 
-    def dies_after_logging_iteration_5(iteration):
-        row = iterate(iteration)
-        if iteration + 1 == 5:
+    def dies_after_logging_iteration_5(row):
+        log_metrics(row)
+        if row["iteration"] == 5:
             raise Killed
-        return row
 
-    doomed.iterate = dies_after_logging_iteration_5
+    doomed.run.log_metrics = dies_after_logging_iteration_5
     with pytest.raises(Killed):
-        doomed.train()
+        doomed.fit()
     assert (run / "checkpoints" / "latest").read_text() == "iter_000003"
     assert len(rows(run)) == 5  # rows 4 and 5 outlived the checkpoint: the resumed run must drop them
     torch.manual_seed(99), np.random.seed(99), random.seed(99)  # a new process would not share these states
-    resumed = LocalTrainer(config, str(run), log=lambda line: None, resume="auto")
+    resumed = trainer(config, str(run), log=lambda line: None, resume="auto")
     assert resumed.start == 3
-    resumed.train()
-    assert_same_end(tmp_path / "straight", run, (MODEL_FILE, AVERAGE_FILE, POLICY_FILE, OPTIMIZERS_FILE))
+    resumed.fit()
+    assert_same_end(tmp_path / "straight", run, ("model", "average", "policy", "optimizers"))
 
 
 def _train(run_dir: Path, overrides: list[str], *extra: str) -> list[str]:

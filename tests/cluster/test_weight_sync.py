@@ -7,7 +7,7 @@ import threading
 import pytest
 import torch
 
-from cogrpo.cluster.weight_sync import (BroadcastGroup, WeightSyncError, buckets, connect_store, host_store,
+from cogrpo.cluster.ray.weights import (BroadcastGroup, WeightSyncError, buckets, connect_store, host_store,
                                         pin_gloo_to)
 
 

@@ -6,14 +6,13 @@ import pytest
 import torch
 from diffusers import AmusedPipeline
 
-from cogrpo.learner.cogrpo import Learner, ScoredBatch
 from cogrpo.models.amused import AmusedModel
 from cogrpo.models.checkpoint import build_model, save_model
-from cogrpo.models.schedule_policy import PolicySchedule, SchedulePolicy
-from cogrpo.proto.config import AlgoConfig, Config, ModelConfig, SamplerConfig, load_config
+from cogrpo.proto.config import ModelConfig, SamplerConfig, load_config
 from cogrpo.proto.errors import InputError
-from cogrpo.rollout.sampler import _gumbel, generate
-from cogrpo.rollout.schedule import HandSchedule, hand_knobs
+from cogrpo.rollout.masked_image.family import hand_knobs
+from cogrpo.rollout.masked_image.sampler import _gumbel, generate
+from cogrpo.rollout.schedule import HandSchedule
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -125,28 +124,22 @@ def test_our_sampler_and_amused_pipeline_decode_the_same_tokens_and_pixels(folde
                     temperature=(remask_temperature, remask_temperature / steps),
                     generator=torch.Generator().manual_seed(seed), output_type=output_type).images
 
-    schedule = HandSchedule(SamplerConfig(steps=steps, guidance=our_guidance, temperature=1.0,
-                                          remask_temperature=remask_temperature))
+    schedule = HandSchedule(hand_knobs(SamplerConfig(guidance=our_guidance, temperature=1.0,
+                                                     remask_temperature=remask_temperature), steps))
     ours = generate(model, model.encode_prompts(PROMPTS), schedule, steps, seed=seed)
-    assert torch.equal(ours.tokens.view(2, 4, 4), theirs("latent"))
+    assert torch.equal(ours.tensors['tokens'].view(2, 4, 4), theirs("latent"))
     assert len(draws) == steps  # the patched draw is the one their scheduler made
     pixels = np.stack([np.asarray(image) for image in theirs("pil")])
-    assert np.array_equal(model.decode_images(ours.tokens), pixels)
+    assert np.array_equal(model.decode_images(ours.tensors['tokens']), pixels)
     other_seed = generate(model, model.encode_prompts(PROMPTS), schedule, steps, seed=seed + 1)
-    assert not torch.equal(other_seed.tokens, ours.tokens)  # the seed matters, so agreeing on it means something
+    assert not torch.equal(other_seed.tensors['tokens'], ours.tensors['tokens'])  # the seed matters, so agreeing on it means something
 
 
-def test_one_learner_update_trains_the_transformer(folder):
+def test_one_learner_update_trains_the_transformer(folder, learner_update):
     model = build_model(ModelConfig(kind="amused", path=str(folder)))
-    config = Config(sampler=SamplerConfig(steps=4, guidance=1.0), algo=AlgoConfig(lr=1e-2, minibatch=4))
-    policy = SchedulePolicy(config.schedule_policy, model.prompt_feature_dim)
-    schedule = PolicySchedule(policy, hand_knobs(config.sampler, 4))
-    traj = generate(model, model.encode_prompts(PROMPTS * 2), schedule, 4, seed=1)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     text_before = [p.clone() for p in model.text.encoder.parameters()]
-    learner = Learner(model, policy, config)
-    batch = ScoredBatch(traj, torch.tensor([1.0, -1.0, 0.5, -0.5]), torch.ones(4, dtype=torch.bool), [0, 1, 2, 3])
-    metrics = learner.update(batch, iteration=0)
+    metrics, _ = learner_update(model, PROMPTS * 2)
     assert metrics["train_theta"] and np.isfinite(metrics["loss_theta"]) and metrics["grad_norm_theta"] > 0
     changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
     assert len(changed) > len(before) // 2

@@ -7,14 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from cogrpo.learner.cogrpo import Learner, ScoredBatch
 from cogrpo.models.checkpoint import build_model, save_model
 from cogrpo.models.meissonic import MeissonicModel, load_meissonic
-from cogrpo.models.schedule_policy import PolicySchedule, SchedulePolicy
-from cogrpo.proto.config import AlgoConfig, Config, ModelConfig, SamplerConfig, load_config
+from cogrpo.proto.config import ModelConfig, load_config
 from cogrpo.proto.errors import InputError
-from cogrpo.rollout.sampler import generate
-from cogrpo.rollout.schedule import hand_knobs
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -116,15 +112,11 @@ def test_logits_come_from_the_folder_class_with_meissonic_inputs(make_folder, do
     assert all(name.startswith("transformer.") for name in model.state_dict())
 
 
-def test_generation_and_one_learner_update(model):
-    config = Config(sampler=SamplerConfig(steps=4, guidance=1.0), algo=AlgoConfig(lr=1e-2, minibatch=4))
-    policy = SchedulePolicy(config.schedule_policy, model.prompt_feature_dim)
-    traj = generate(model, model.encode_prompts(PROMPTS * 2), PolicySchedule(policy, hand_knobs(config.sampler, 4)),
-                    4, seed=1)
-    assert (traj.tokens < CODEBOOK).all() and model.decode_images(traj.tokens).shape == (4, 16, 16, 3)
+def test_generation_and_one_learner_update(model, learner_update):
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    batch = ScoredBatch(traj, torch.tensor([1.0, -1.0, 0.5, -0.5]), torch.ones(4, dtype=torch.bool), [0, 1, 2, 3])
-    metrics = Learner(model, policy, config).update(batch, iteration=0)
+    metrics, traj = learner_update(model, PROMPTS * 2)
+    tokens = traj.tensors["tokens"]
+    assert (tokens < CODEBOOK).all() and model.decode_images(tokens).shape == (4, 16, 16, 3)
     assert metrics["train_theta"] and np.isfinite(metrics["loss_theta"]) and metrics["grad_norm_theta"] > 0
     assert any(not torch.equal(v, before[k]) for k, v in model.state_dict().items())
 

@@ -30,3 +30,22 @@ def test_flash_mode_uses_fewer_steps_after_the_window_only():
     p = step_plan(config, 10, 1, 0)  # window at 1, 2; 7 steps after it -> 3
     assert p.plan[:3] == [0, 1, 2] and p.plan[-1] == 9 and len(p.plan) == 3 + 3
     assert p.trained == [1, 2] and torch.equal(p.stochastic, torch.tensor([False, True, True, False, False, False]))
+
+
+def test_outside_the_window_steps_decode_stochastically_but_untrained_when_asked():
+    config = StepSubsetConfig(mode="window", window=3, shift_every=2, stride=1, outside="stochastic")
+    p = step_plan(config, 8, 4, 0)
+    assert p.trained == [2, 3, 4] and p.stochastic.all()
+    assert p.trained_mask(5).equal(torch.tensor([[False, False, True, True, True, False, False, False]] * 5))
+
+
+def test_a_random_subset_per_sample_gives_each_sample_its_own_steps_reproducibly():
+    config = StepSubsetConfig(mode="random", fraction=0.25, random_per="sample")
+    p = step_plan(config, 8, 3, 0)
+    mask = p.trained_mask(64)
+    assert (mask.sum(1) == 2).all() and p.stochastic.all()  # a quarter of 8 steps, every sample
+    assert len({tuple(row.tolist()) for row in mask}) > 10  # the samples differ
+    assert torch.equal(mask, step_plan(config, 8, 3, 0).trained_mask(64))  # reproducible from (seed, iteration)
+    assert not torch.equal(mask, step_plan(config, 8, 4, 0).trained_mask(64))  # and new each iteration
+    per_iteration = step_plan(StepSubsetConfig(mode="random", fraction=0.25), 8, 3, 0).trained_mask(64)
+    assert len({tuple(row.tolist()) for row in per_iteration}) == 1

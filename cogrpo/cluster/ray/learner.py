@@ -1,7 +1,6 @@
-"""What runs inside each Ray actor of the runtime: rollout workers (the MDM and the schedule policy, sampling),
-reward workers (scoring image batches) and learner ranks (DeepSpeed for theta, a replicated schedule policy for
-phi, the shared Learner math). The driver that wires them together is cogrpo/cluster/ray_runtime.py.
-"""
+"""A learner rank as a Ray actor: DeepSpeed (ZeRO stage from the config, gloo on CPU, NCCL on GPU) for theta, a
+replicated schedule policy for phi, and the shared Learner math. Rank 0 publishes the weights, keeps theta's moving
+average and writes the whole weights of a checkpoint; every rank writes its DeepSpeed partition."""
 
 from __future__ import annotations
 
@@ -14,174 +13,34 @@ import numpy as np
 import ray
 import torch
 
-from cogrpo.cluster.plots import learned_schedule
-from cogrpo.cluster.trainer import rollout_schedule, schedule_for
-from cogrpo.cluster.weight_sync import (BroadcastGroup, connect_store, host_store, load_named_state, named_state,
-                                        pin_gloo_to, to_numpy)
-from cogrpo.learner.averaging import WeightAverage, weights_swapped_in
-from cogrpo.learner.checkpoint import (DEEPSPEED_DIR, load_optimizers, load_weights, rng_state,
-                                       save_optimizers, save_weights, set_rng_state)
-from cogrpo.learner.cogrpo import Learner, ScoredBatch, frozen_copy, make_phi_step, theta_optimizer
-from cogrpo.models.checkpoint import build_model
-from cogrpo.models.interface import compute_device, configure_compute
-from cogrpo.models.schedule_policy import SchedulePolicy
+from cogrpo.cluster.build import build_learner, build_policies
+from cogrpo.cluster.compat import skip_deepspeed_op_probes, weights_only_deepspeed_reads
+from cogrpo.cluster.process import configure_compute
+from cogrpo.cluster.ray.actors import Actor
+from cogrpo.cluster.ray.weights import connect_store, host_store, named_state, pin_gloo_to, to_numpy
+from cogrpo.learner.averaging import WeightAverage
+from cogrpo.learner.checkpoint import (load_optimizers, load_weights, rng_state, save_optimizers, save_weights,
+                                      set_rng_state)
+from cogrpo.learner.learner import ScoredBatch, frozen_copy, make_phi_step, theta_optimizer
+from cogrpo.models.interface import compute_device
 from cogrpo.proto.config import Config
-from cogrpo.proto.errors import InputError
+from cogrpo.proto.errors import InputError, last_line
+from cogrpo.proto.layout import CheckpointLayout
 from cogrpo.proto.messages import Trajectory
-from cogrpo.rewards.registry import build_reward, score_one
-from cogrpo.rollout.evaluate import evaluate
-from cogrpo.rollout.sampler import generate
-from cogrpo.rollout.schedule import hand_knobs
 from cogrpo.rollout.steps import StepPlan
-
-
-def reports_input_errors(cls: type) -> type:
-    """`cls` as an actor whose constructor's InputError (a missing checkpoint, say) is raised again by `ready()`:
-    Ray reports a failed constructor only as ActorDiedError text, while a method's exception reaches the driver
-    as itself, for `RayTrainer._get` to show as one line."""
-
-    class Checked(cls):
-        def __init__(self, *args, **kwargs):
-            self.input_error = None
-            try:
-                super().__init__(*args, **kwargs)
-            except InputError as exc:
-                self.input_error = exc
-
-        def ready(self) -> str:
-            if self.input_error is not None:
-                raise self.input_error
-            return super().ready()
-
-    Checked.__name__ = Checked.__qualname__ = cls.__name__
-    return Checked
-
-
-ROLLOUT, REWARD = "rollout", "reward"  # the roles Ray restarts (a learner's state lives only in it)
-
-
-class WeightsMissing(RuntimeError):
-    """A rollout worker was asked to sample with weights it does not hold: Ray restarted it, and a new process
-    starts from the configured checkpoint, so the driver must send it the current weights first."""
-
-
-class Actor:
-    def ready(self) -> str:
-        """The id of the node this actor runs on (and proof that its constructor succeeded)."""
-        return ray.get_runtime_context().get_node_id()
-
-    def incarnation(self) -> tuple[str, int]:
-        """(node id, process id): it changes when Ray restarts the actor, which is how the driver counts restarts."""
-        return ray.get_runtime_context().get_node_id(), os.getpid()
-
-    def join_weight_sync(self, host: str, port: int, rank: int, world: int) -> None:
-        """Join the broadcast group (learner rank 0 is its rank 0 and hosts the store). Collective."""
-        timeout = self.config.cluster.timeout_s
-        store = self.sync_store if rank == 0 else connect_store(host, port, timeout)
-        self.sync = BroadcastGroup(store, rank, world, ray.util.get_node_ip_address(), timeout)
-
-
-class RolloutWorker(Actor):
-    """Holds the MDM and the schedule policy; generates trajectory batches tagged with its weight version."""
-
-    def __init__(self, config: Config):
-        configure_compute(config.threads)
-        self.config = config
-        device = compute_device()
-        # on a GPU the learner trains in bf16 (deepspeed_config), so its published weights are bf16 too
-        self.model = build_model(config.model).to(device, torch.bfloat16 if device.type == "cuda" else None)
-        self.policy = SchedulePolicy(config.schedule_policy, self.model.prompt_feature_dim)
-        self.version: int | None = None  # no weights from the learner yet
-        self.sync: BroadcastGroup | None = None  # joined at start; a restarted process is in no group
-
-    def weight_version(self) -> int | None:
-        return self.version
-
-    def _check_weights(self, version: int) -> None:
-        if self.version != version:
-            raise WeightsMissing(f"rollout worker holds weight version {self.version}, the driver expects {version}")
-
-    def load_weights(self, version: int, holder: list) -> int:
-        """Object-store transport: swap in published weights. Actor calls run one at a time, so weights only
-        change between batches."""
-        load_named_state(self.model, self.policy, ray.get(holder[0]))
-        self.version = version
-        return version
-
-    def receive_weights(self) -> int:
-        """Collective transport: the broadcast lands in the live tensors (state_dict views), between batches."""
-        if self.sync is None:
-            raise WeightsMissing("this rollout worker is in no broadcast group: Ray restarted it")
-        self.version = self.sync.receive(named_state(self.model, self.policy))
-        return self.version
-
-    def generate(self, prompts: list[str], plan: StepPlan, seed: int, iteration: int, version: int):
-        """(trajectory, images, weight version): three returns, so the driver can wait on the small one."""
-        self._check_weights(version)
-        config = self.config
-        schedule = rollout_schedule(config, self.policy, iteration)
-        cond = self.model.encode_prompts(prompts)
-        traj = generate(self.model, cond, schedule, config.sampler.steps, seed, config.sampler.kind,
-                        stochastic=plan.stochastic, plan=plan.plan)
-        return traj, self.model.decode_images(traj.tokens), self.version
-
-    def evaluate(self, records: list[dict], steps: int, average: list | None, version: int):
-        """((GenEval summary, the first 16 records' images), then each batch of sampler.batch_size images as a
-        return of its own, for the driver to pass on to the reward workers unseen). average: [ref] to the
-        learner's moving average of theta, evaluated in place of the live weights."""
-        self._check_weights(version)
-        config = self.config
-        schedule = schedule_for(config, self.policy, steps, sample_actions=False)
-        with weights_swapped_in(self.model, ray.get(average[0]) if average else None):
-            result, _, images = evaluate(self.model, records, schedule, steps, config.seed,
-                                         config.sampler.batch_size, config.eval.n_per_prompt, config.sampler.kind)
-        flat, size = images.reshape(-1, *images.shape[2:]), config.sampler.batch_size
-        return ((result, images[:16]), *(flat[start: start + size] for start in range(0, len(flat), size)))
-
-    def learned_schedule(self, steps: int, prompts: list[str], version: int) -> torch.Tensor:
-        self._check_weights(version)
-        feat = self.model.prompt_features_cpu(self.model.encode_prompts(prompts))
-        return learned_schedule(self.policy, hand_knobs(self.config.sampler, steps), feat)
-
-    def weights(self) -> dict[str, np.ndarray]:
-        return to_numpy(named_state(self.model, self.policy))
-
-
-class RewardWorker(Actor):
-    def __init__(self, config: Config):
-        configure_compute(config.threads)
-        self.rewards = [(build_reward(r), r.weight) for r in config.rewards]
-
-    def score(self, term: int, images: np.ndarray, prompts: list[str], metadata: list[dict]):
-        """One reward term's (scores, valid): a call per term, so a hang or a failure is charged to its reward."""
-        return score_one(self.rewards[term][0], images, prompts, metadata)
-
 
 DEEPSPEED_TAG = "state"
 
 
 def load_deepspeed_checkpoint(engine, path: str) -> dict:
-    """engine.load_checkpoint with every file read by torch.load(weights_only=True): DeepSpeed's own reader
-    unpickles anything, so a tampered checkpoint could run code. Beyond tensors and plain data it admits only the
-    three small DeepSpeed classes its ZeRO optimizer state holds. Returns the client state saved with it."""
-    from deepspeed.runtime.checkpoint_engine import TorchCheckpointEngine
-    from deepspeed.runtime.fp16.loss_scaler import LossScaler
-    from deepspeed.runtime.zero.config import ZeroStageEnum
-    from deepspeed.utils.tensor_fragment import fragment_address
-
-    class WeightsOnly(TorchCheckpointEngine):
-        def load(self, path, map_location=None):
-            with torch.serialization.safe_globals([LossScaler, ZeroStageEnum, fragment_address]):
-                return torch.load(path, map_location=map_location, weights_only=True)
-
-    own, engine.checkpoint_engine = engine.checkpoint_engine, WeightsOnly()
+    """engine.load_checkpoint with every file read by torch.load(weights_only=True), so a tampered checkpoint
+    cannot run code. Returns the client state saved with it."""
     try:
-        loaded, client = engine.load_checkpoint(path, tag=DEEPSPEED_TAG, load_lr_scheduler_states=False)
+        with weights_only_deepspeed_reads(engine):
+            loaded, client = engine.load_checkpoint(path, tag=DEEPSPEED_TAG, load_lr_scheduler_states=False)
     except pickle.UnpicklingError as exc:
         raise InputError(f"DeepSpeed checkpoint {path} holds more than tensors and plain data "
-                         f"({str(exc).strip().splitlines()[-1]})") from None
-    finally:
-        engine.checkpoint_engine = own
+                         f"({last_line(exc)})") from None
     if loaded is None:
         raise InputError(f"no DeepSpeed checkpoint in {path}")
     return client
@@ -262,28 +121,22 @@ class LearnerWorker(Actor):
         if backend == "gloo":
             pin_gloo_to(ray.util.get_node_ip_address())
         torch.distributed.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
-        # DeepSpeed's CPU backend would JIT-compile a shared-memory all-reduce here (C++, 24-60 s per fresh
-        # environment, under a file lock) after probing every op with the compiler. Only its inference path uses
-        # that kernel; training's collectives are torch.distributed's. The probe's result is a module attribute
-        # DeepSpeed reads through .get(name, False), so an empty one means nothing is compiled.
-        deepspeed.ops.__compatible_ops__ = {}
+        skip_deepspeed_op_probes()  # nothing JIT-compiles at init_distributed
         deepspeed.init_distributed(dist_backend=backend, rank=rank, world_size=world, timeout=timeout)
-        torch.manual_seed(config.seed)
-        model = build_model(config.model)
-        self.module = model
-        self.policy = SchedulePolicy(config.schedule_policy, model.prompt_feature_dim)
-        reference = frozen_copy(model).to(compute_device()) if config.algo.kl_beta > 0 else None
-        self.engine, *_ = deepspeed.initialize(model=model, optimizer=theta_optimizer(model, config.algo),
+        policies = build_policies(config)
+        self.module, self.policy = policies.model, policies.policy
+        reference = frozen_copy(self.module).to(compute_device()) if config.algo.kl_beta > 0 else None
+        self.engine, *_ = deepspeed.initialize(model=self.module, optimizer=theta_optimizer(self.module, config.algo),
                                                config=deepspeed_config(config))
         reduce = _average_grads if world > 1 else None
-        self.learner = Learner(self.engine, self.policy, config, theta_step=DeepSpeedStep(self.engine),
-                               phi_step=make_phi_step(self.policy, config, reduce_grads=reduce), reference=reference)
+        self.learner = build_learner(config, policies, self.engine, DeepSpeedStep(self.engine),
+                                     make_phi_step(self.policy, config, reduce_grads=reduce), reference)
         self.average = WeightAverage(config.algo.ema_decay) if config.algo.ema_decay and rank == 0 else None
         self.version = 0
         self.kept_state: tuple[int, dict | None] | None = None  # (weight version, full state): see _full_state
 
     def update(self, iteration: int, parts: list, sizes: list[int], versions: list[int], advantages: np.ndarray,
-               usable: np.ndarray, trained: list[int]) -> dict:
+               usable: np.ndarray, plan: StepPlan) -> dict:
         """parts: object refs of the trajectories per rollout batch, sizes: their sample counts, versions: the
         weight version of each. A rank fetches only the batches its share of the samples lies in, so with several
         ranks, or with PODS leaving samples out, no rank pulls every trajectory from the object store."""
@@ -291,7 +144,7 @@ class LearnerWorker(Actor):
         index, needed, local = rank_shard(sizes, usable, self.rank, self.world)
         traj = Trajectory.cat(ray.get([parts[b] for b in needed]))
         batch = ScoredBatch(traj.select(torch.from_numpy(local)), torch.from_numpy(advantages[index]),
-                            torch.ones(len(index), dtype=torch.bool), trained)
+                            torch.ones(len(index), dtype=torch.bool), plan.trained_mask(len(usable))[index])
         stale = sample_version < self.version
         metrics = self.learner.update(batch, iteration, stale=bool(stale[index].any()))
         self.version += 1
@@ -358,12 +211,12 @@ class LearnerWorker(Actor):
         if self.rank == 0:
             save_weights(Path(folder), self.module, self.policy, state, self.average)
             save_optimizers(Path(folder), {"phi": self.learner.phi_step.optimizer})
-        self.engine.save_checkpoint(str(Path(folder) / DEEPSPEED_DIR), tag=DEEPSPEED_TAG,
+        self.engine.save_checkpoint(str(CheckpointLayout(folder).deepspeed), tag=DEEPSPEED_TAG,
                                     client_state={"rng": rng_state()}, save_latest=False)
 
     def load_checkpoint(self, folder: str, version: int) -> None:
         """Every rank: theta and its optimizer through DeepSpeed, phi and its optimizer from rank 0's files."""
-        client = load_deepspeed_checkpoint(self.engine, str(Path(folder) / DEEPSPEED_DIR))
+        client = load_deepspeed_checkpoint(self.engine, str(CheckpointLayout(folder).deepspeed))
         load_weights(Path(folder), None, self.policy, self.average)
         load_optimizers(Path(folder), {"phi": self.learner.phi_step.optimizer})
         set_rng_state(client["rng"])

@@ -5,11 +5,11 @@ import sys
 
 import pytest
 
-from cogrpo.models.interface import keep_freed_memory
+from cogrpo.cluster.process import keep_freed_memory
 
 ALLOC_FREE_LOOP = """
 import resource, sys, torch
-from cogrpo.models.interface import configure_compute
+from cogrpo.cluster.process import configure_compute
 if sys.argv[1] == "tuned":
     configure_compute(1)
 torch.empty(64 << 20, dtype=torch.uint8).fill_(1)  # the first allocation faults in whichever way

@@ -1,5 +1,6 @@
-"""Weight sync: learner rank 0 -> every rollout worker, one versioned message that holds the model's and the
-schedule policy's tensors. Two transports:
+"""The weight channel: learner rank 0 -> every rollout worker, one versioned message that holds the model's and the
+schedule policy's tensors, and the whole choreography of a publish (`WeightChannel`, on the driver). Two
+transports:
 
 - `collective`: a bucketed broadcast over a process group of its own (learner rank 0 is rank 0, rollout workers
   are 1..W; gloo on CPU, NCCL on GPU), separate from the learners' DeepSpeed group. Same-dtype tensors are packed
@@ -18,12 +19,18 @@ import datetime
 import ipaddress
 import os
 import socket
+import time
 import zlib
+from typing import Callable
 
 import numpy as np
 import psutil
 import torch
 import torch.distributed as dist
+
+from cogrpo.cluster.compat import process_group
+from cogrpo.cluster.ray.pool import RESTARTED, ActorPool, from_learners, get, outcomes
+from cogrpo.proto.errors import first_line
 
 MODEL, POLICY = "model.", "policy."
 BUCKET_BYTES = 64 * 2**20
@@ -127,24 +134,14 @@ class BroadcastGroup:
                  bucket_bytes: int = BUCKET_BYTES):
         self.rank, self.world, self.timeout_s, self.bucket_bytes = rank, world, timeout_s, bucket_bytes
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        timeout = datetime.timedelta(seconds=timeout_s)
         try:
-            if self.device == "cuda":
-                options = dist.ProcessGroupNCCL.Options()
-                options._timeout = timeout
-                self.group = dist.ProcessGroupNCCL(store, rank, world, options)
-            else:
-                options = dist.ProcessGroupGloo._Options()
-                options._timeout = timeout
-                options._devices = [dist.ProcessGroupGloo.create_device(hostname=own_ip)]
-                self.group = dist.ProcessGroupGloo(store, rank, world, options)
+            self.group = process_group(store, rank, world, own_ip, timeout_s, cuda=self.device == "cuda")
         except RuntimeError as exc:
             raise WeightSyncError(self._explain("forming the weight-sync group", exc)) from None
 
     def _explain(self, what: str, exc: Exception) -> str:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return (f"weight sync failed while {what} (rank {self.rank} of {self.world}, timeout "
-                f"{self.timeout_s:g} s; a peer died or never joined): {first}")
+                f"{self.timeout_s:g} s; a peer died or never joined): {first_line(exc)}")
 
     def _broadcast(self, tensor: torch.Tensor, what: str) -> None:
         try:
@@ -189,3 +186,70 @@ class BroadcastGroup:
             for name, part in zip(names, flat.split([into[n].numel() for n in names])):
                 into[name].copy_(part.view_as(into[name]))
         return version
+
+
+class WeightChannel:
+    """The driver's side of the channel: publishes the learner's weights to every rollout worker and keeps each
+    one current. A broadcast group cannot take a new process, so once a rollout worker has restarted, weights go
+    through the object store for the rest of the run."""
+
+    def __init__(self, learners: list, rollouts: ActorPool, transport: str, timeout_s: float,
+                 log: Callable[[str], None]):
+        self.learners, self.rollouts, self.transport, self.timeout_s, self.log = (learners, rollouts, transport,
+                                                                                  timeout_s, log)
+        self.version = 0  # what every rollout worker should hold
+        rollouts.after_recovery = self.bring_up_to_date
+
+    def connect(self) -> None:
+        """Form the broadcast group (collective transport): learner rank 0 hosts its store, all join at once."""
+        if self.transport != "collective":
+            return
+        host, port = get(self.learners[0].host_weight_sync.remote(), self.timeout_s)
+        world = 1 + len(self.rollouts)
+        joins = [w.join_weight_sync.remote(host, port, rank + 1, world) for rank, w in enumerate(self.rollouts)]
+        get([self.learners[0].join_weight_sync.remote(host, port, 0, world)] + joins, self.timeout_s)
+
+    def publish(self, version: int) -> float:
+        """Version `version` to every rollout worker (they swap weights between batches); the seconds it took. A
+        broadcast a restarted worker broke is done again through the object store."""
+        start, self.version = time.time(), version
+        if self.transport == "collective":
+            publish = [w.publish.remote("collective") for w in self.learners]
+            self._settle([w.receive_weights.remote() for w in self.rollouts], publish)
+        if self.transport == "object_store":
+            holder = self._put()
+            self._settle([w.load_weights.remote(version, holder) for w in self.rollouts])
+        return time.time() - start
+
+    def bring_up_to_date(self, slot: int) -> None:
+        """A recovered rollout worker gets the current weights, through the object store, unless it holds them."""
+        worker = self.rollouts[slot]
+        if get(worker.weight_version.remote(), self.timeout_s) != self.version:
+            self._leave_broadcast()
+            get(worker.load_weights.remote(self.version, self._put()), self.timeout_s)
+
+    def _put(self) -> list:
+        """[ref] to the learner's message in the object store (every rank joins: a ZeRO-3 gather is collective)."""
+        return from_learners([w.publish.remote("object_store") for w in self.learners], self.timeout_s)[0]
+
+    def _settle(self, calls: list, publish: list = ()) -> None:
+        """Settle one weight-sync call per rollout worker (and the learners' publish). A worker that restarted is
+        recovered, and gets the weights then; any other failure is raised, a learner's first."""
+        results = outcomes(calls, self.timeout_s)
+        restarted = [slot for slot, out in enumerate(results) if isinstance(out, RESTARTED)]
+        if restarted:
+            self._leave_broadcast()  # the group lost a member: the others missed this broadcast too
+            outcomes(list(publish), self.timeout_s)  # the learner's side of the broken broadcast failed as well
+            for slot in restarted:
+                self.rollouts.recover(slot)
+            return
+        from_learners(list(publish), self.timeout_s)
+        for out in results:
+            if isinstance(out, Exception):
+                raise out
+
+    def _leave_broadcast(self) -> None:
+        if self.transport == "collective":
+            self.transport = "object_store"
+            self.log("weight sync: a rollout worker restarted and cannot join the broadcast group; weights go "
+                     "through the object store from now on")

@@ -1,0 +1,63 @@
+"""The one builder of what every process holds: the model family, theta (the backbone), phi (the schedule policy),
+the rewards, and the learner. The single-process runtime, the Ray actors, the CLI and the benchmarks build through
+here, so all of them start from the same weights and the same initialisation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from cogrpo.learner.learner import Learner
+from cogrpo.models.schedule_policy import SchedulePolicy
+from cogrpo.proto.config import Config
+from cogrpo.proto.family import Family
+from cogrpo.proto.plugins import load_plugin
+from cogrpo.rewards.interface import Reward
+from cogrpo.rewards.registry import build_reward
+from cogrpo.rollout.masked_image.family import MaskedImageFamily
+
+BUILTIN_FAMILIES = {"masked_image": MaskedImageFamily}
+
+
+def family_of(config: Config) -> Family:
+    """The configured family: a built-in one, or the class a "package.module:Class" reference names."""
+    name = config.model.family
+    return (BUILTIN_FAMILIES.get(name) or load_plugin(name))(config)
+
+
+@dataclass
+class Policies:
+    """The joint policy: the family that samples with it, theta and phi."""
+
+    family: Family
+    model: torch.nn.Module
+    policy: SchedulePolicy
+
+
+def build_policies(config: Config, device: torch.device | str | None = None,
+                   dtype: torch.dtype | None = None) -> Policies:
+    """theta from the configured weights (moved to `device`, cast to `dtype`) and a fresh phi reading what the
+    family's encoder takes from theta as built. The torch seed is set first, so phi starts from the same weights
+    in every process."""
+    torch.manual_seed(config.seed)
+    family = family_of(config)
+    model = family.build_model()
+    encoder = family.schedule_encoder(model, config.schedule_policy)
+    if device is not None or dtype is not None:
+        model = model.to(device, dtype)
+    return Policies(family, model, SchedulePolicy(config.schedule_policy, family.knobs, encoder))
+
+
+def build_rewards(config: Config) -> list[tuple[Reward, float]]:
+    return [(build_reward(r), r.weight) for r in config.rewards]
+
+
+def build_learner(config: Config, policies: Policies, model: torch.nn.Module | None = None,
+                  theta_step: Callable[[torch.Tensor], float] | None = None,
+                  phi_step: Callable[[torch.Tensor], float] | None = None,
+                  reference: torch.nn.Module | None = None) -> Learner:
+    """model: what the learner trains and calls, when it is not the plain module (a DeepSpeed engine)."""
+    return Learner(policies.model if model is None else model, policies.policy, config, policies.family,
+                   theta_step=theta_step, phi_step=phi_step, reference=reference)

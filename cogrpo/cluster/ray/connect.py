@@ -1,0 +1,85 @@
+"""Reaching a Ray cluster: attach to one (cluster.address, or the Ray job's), or start an embedded one that listens
+on 127.0.0.1 only; and check that it can hold the requested actors before any starts."""
+
+from __future__ import annotations
+
+import os
+import time
+from contextlib import contextmanager
+
+import ray
+
+from cogrpo.cluster.compat import ray_single_machine_flag
+from cogrpo.proto.config import Config
+from cogrpo.proto.errors import FaultError, InputError
+
+LOOPBACK = "127.0.0.1"
+SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's single-machine mode, on any platform
+
+
+@contextmanager
+def single_machine_mode(enabled: bool):
+    """Ray on Linux replaces a node address of 127.0.0.1 with the machine's network address, and its GCS, raylet and
+    workers then listen on every interface. In its single-machine mode (Ray's default on macOS and Windows) the node
+    keeps 127.0.0.1 and every server listens there only. Ray reads the mode from the environment when it is imported,
+    so both the imported flag (for this driver) and the variable (for the processes ray.init() starts) are set, and
+    restored afterwards: a multi-node cluster started later from this process must not inherit them."""
+    if not enabled:
+        yield
+        return
+    saved_env = os.environ.get(SINGLE_MACHINE_ENV)
+    os.environ[SINGLE_MACHINE_ENV] = "0"
+    try:
+        with ray_single_machine_flag(True):
+            yield
+    finally:
+        if saved_env is None:
+            os.environ.pop(SINGLE_MACHINE_ENV, None)
+        else:
+            os.environ[SINGLE_MACHINE_ENV] = saved_env
+
+
+def connect(config: Config) -> None:
+    """Attach to cluster.address, or to the cluster of the Ray job this driver runs in (RAY_ADDRESS), or start an
+    embedded one. The working directory is restored afterwards: inside a `ray job submit --working-dir` job,
+    ray.init() can delete and re-create it."""
+    if ray.is_initialized():
+        return
+    c = config.cluster
+    cwd = os.getcwd()
+    address = c.address or os.environ.get("RAY_ADDRESS")
+    if address is None:
+        with single_machine_mode(c.node_ip == LOOPBACK):
+            ray.init(num_cpus=c.num_cpus, include_dashboard=False, _node_ip_address=c.node_ip,
+                     object_store_memory=c.object_store_mb * 2**20, log_to_driver=False, logging_level="WARNING")
+    else:
+        ray.init(address=address, log_to_driver=False, logging_level="WARNING")
+    return_to(cwd, c.timeout_s)
+
+
+def return_to(directory: str, timeout_s: float) -> None:
+    """chdir to `directory` once it exists: ray.init() can return while the job's working directory it deleted is
+    still being unpacked again (seen as a FileNotFoundError in a `ray job submit` run of the test suite)."""
+    deadline = time.time() + timeout_s
+    while not os.path.isdir(directory):
+        if time.time() > deadline:
+            raise FaultError(f"the working directory {directory} did not come back within cluster.timeout_s "
+                             f"{timeout_s:g} s after connecting to Ray")
+        time.sleep(0.05)
+    os.chdir(directory)
+
+
+def check_resources(config: Config) -> None:
+    """Fail at once with a clear message when the cluster cannot hold the requested actors (never hang pending)."""
+    c = config.cluster
+    need: dict[str, float] = {}
+    for count, cpus, gpus, resources in ((c.rollout_workers, c.rollout_cpus, c.rollout_gpus, c.rollout_resources),
+                                         (c.reward_workers, c.reward_cpus, c.reward_gpus, c.reward_resources),
+                                         (c.learner_ranks, c.learner_cpus, c.learner_gpus, c.learner_resources)):
+        for name, amount in {"CPU": cpus, "GPU": gpus, **resources}.items():
+            need[name] = need.get(name, 0) + amount * count
+    have = ray.cluster_resources()
+    for name, amount in need.items():
+        if amount > have.get(name, 0) + 1e-9:
+            raise InputError(f"cluster cannot satisfy the request: {amount:g} {name} needed, "
+                             f"{have.get(name, 0):g} in the cluster (cluster.* in the config)")

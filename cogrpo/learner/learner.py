@@ -1,0 +1,154 @@
+"""The Co-GRPO learner: one update per iteration of the model policy (theta), the schedule policy (phi) or both,
+as the alternation says, over a scored batch. Free of any runtime and any model family: both runtimes call
+`Learner.update`, and the family's likelihood estimator turns trajectories into per-step action log-probs."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from cogrpo.learner.objectives import cosine_decay, phi_log_probs, phi_objective, theta_objective
+from cogrpo.models.schedule_policy import SchedulePolicy
+from cogrpo.proto.config import AlgoConfig, Config
+from cogrpo.proto.family import Family
+from cogrpo.proto.messages import Trajectory
+
+
+@dataclass
+class ScoredBatch:
+    traj: Trajectory
+    advantages: torch.Tensor  # (B,) group-relative, 0 for unusable samples
+    usable: torch.Tensor  # (B,) bool
+    trained: torch.Tensor  # (B, T) bool: the executed steps each sample trains
+
+
+def theta_lr(algo: AlgoConfig, iteration: int, iterations: int) -> float:
+    """theta's learning rate at an iteration of a run of `iterations`: constant, or cosine down to the last one."""
+    if algo.lr_decay == "constant":
+        return algo.lr
+    return algo.lr * cosine_decay(iteration / max(1, iterations - 1), algo.min_lr_ratio)
+
+
+class TorchStep:
+    """backward, clip, step with a plain torch optimizer; returns the gradient norm. `reduce_grads` runs between
+    backward and clipping (data-parallel runtimes average gradients there)."""
+
+    def __init__(self, params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer, clip: float,
+                 reduce_grads: Callable[[list[torch.nn.Parameter]], None] | None = None):
+        self.params, self.optimizer, self.clip, self.reduce_grads = params, optimizer, clip, reduce_grads
+
+    def __call__(self, loss: torch.Tensor) -> float:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.reduce_grads is not None:
+            self.reduce_grads(self.params)
+        norm = torch.nn.utils.clip_grad_norm_(self.params, self.clip)
+        self.optimizer.step()
+        return norm.item()
+
+
+def theta_optimizer(model: torch.nn.Module, algo: AlgoConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(model.parameters(), lr=algo.lr, betas=(0.9, 0.99), weight_decay=algo.weight_decay)
+
+
+def make_phi_step(policy: SchedulePolicy, config: Config, reduce_grads=None) -> TorchStep:
+    optimizer = torch.optim.Adam(policy.parameters(), lr=config.schedule_policy.lr)
+    return TorchStep(list(policy.parameters()), optimizer, config.algo.grad_clip, reduce_grads)
+
+
+def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """The KL reference: the model as training starts, frozen. Taken from the plain module, before DeepSpeed
+    wraps (and under ZeRO-3 partitions) it."""
+    return copy.deepcopy(model).eval().requires_grad_(False)
+
+
+class Learner:
+    """Runs one update per iteration on a scored batch. `model` is what the estimator calls (a DeepSpeed engine
+    in the distributed runtime); the step callables own the optimisers (plain torch by default) and expose them
+    as `.optimizer`, where theta's learning rate is set per iteration. With a KL term, `reference` is the frozen
+    starting model (by default a copy of `model`, which must then be a plain module)."""
+
+    def __init__(self, model: torch.nn.Module, policy: SchedulePolicy, config: Config, family: Family,
+                 theta_step: Callable[[torch.Tensor], float] | None = None,
+                 phi_step: Callable[[torch.Tensor], float] | None = None,
+                 reference: torch.nn.Module | None = None):
+        self.model, self.policy, self.algo = model, policy, config.algo
+        self.estimator = family.estimator(config.algo.theta_likelihood, config.algo)
+        self.iterations = config.train.iterations
+        self.theta_step = theta_step or TorchStep(list(model.parameters()), theta_optimizer(model, config.algo),
+                                                  config.algo.grad_clip)
+        self.phi_step = phi_step or make_phi_step(policy, config)
+        self.phi_epochs = config.schedule_policy.epochs
+        self.reference = None
+        if self.algo.kl_beta > 0:
+            self.reference = reference if reference is not None else frozen_copy(model)
+
+    def _minibatches(self, traj: Trajectory, epochs: int):
+        """(epoch, index chunks): a fresh reproducible shuffle per epoch."""
+        for epoch in range(epochs):
+            order = torch.randperm(traj.batch_size, generator=torch.Generator().manual_seed(traj.seed + epoch))
+            yield epoch, order.split(self.algo.minibatch)
+
+    def update(self, batch: ScoredBatch, iteration: int, stale: bool = False) -> dict:
+        """stale: the samples came from older weights than the learner's; their old log-probs are recomputed and
+        the behaviour -> old ratio enters as a truncated importance weight."""
+        train_theta, train_phi = self.algo.phases(iteration)
+        self.policy.decay_std(iteration)  # as the rollout had it (idempotent; a remote learner has no rollout)
+        usable = batch.usable.nonzero().squeeze(-1)
+        traj, adv, trained = batch.traj.select(usable), batch.advantages[usable].float(), batch.trained[usable]
+        steps = [t for t in range(traj.steps) if bool(trained[:, t].any()) and traj.stochastic[t]]
+        metrics: dict = {"train_theta": train_theta, "train_phi": train_phi, "usable": len(usable)}
+        if len(usable) == 0 or not steps:
+            return metrics
+        select = trained[:, steps]
+        phi_old = None
+        if stale and train_phi:
+            with torch.no_grad():
+                phi_old = phi_log_probs(self.policy, traj, steps)[0]
+        rows: list[dict] = []
+        if train_theta:
+            metrics["lr_theta"] = theta_lr(self.algo, iteration, self.iterations)
+            for group in self.theta_step.optimizer.param_groups:
+                group["lr"] = metrics["lr_theta"]
+            rows += self._update_theta(traj, adv, steps, select, stale)
+        if train_phi:
+            for _, chunks in self._minibatches(traj, self.phi_epochs):
+                for chunk in chunks:
+                    loss, m = phi_objective(self.policy, traj.select(chunk), adv[chunk], steps, select[chunk],
+                                            self.algo, None if phi_old is None else phi_old[chunk])
+                    rows.append({**m, "loss_phi": loss.item(), "grad_norm_phi": self.phi_step(loss)})
+        self.model.eval()
+        keys = dict.fromkeys(k for row in rows for k in row)
+        metrics.update({k: sum(r[k] for r in rows if k in r) / sum(k in r for r in rows) for k in keys})
+        return metrics
+
+    def _update_theta(self, traj: Trajectory, adv: torch.Tensor, steps: list[int], select: torch.Tensor,
+                      stale: bool) -> list[dict]:
+        """Inner epochs of clipped-surrogate steps on theta; old log-probs are the sampler's when the samples are
+        fresh and the estimator replays the sampler, else theta's before this update, on identical inputs."""
+        estimator, algo = self.estimator, self.algo
+        inputs = estimator.inputs(traj, algo.inner_epochs)
+        behaviour = estimator.behaviour(traj, steps)
+        olds = None
+        if behaviour is None or stale:
+            with torch.no_grad():
+                olds = [estimator.log_probs(self.model, traj, steps, view, select).logp for view in inputs]
+        self.model.train()
+        rows = []
+        for epoch, chunks in self._minibatches(traj, algo.inner_epochs):
+            view = inputs[epoch % len(inputs)]
+            for chunk in chunks:
+                mb, mb_view = traj.select(chunk), {k: v[chunk] for k, v in view.items()}
+                scored = estimator.log_probs(self.model, mb, steps, mb_view, select[chunk])
+                old = behaviour[chunk] if olds is None else olds[epoch % len(olds)][chunk]
+                ref_logp = None
+                if self.reference is not None:
+                    with torch.no_grad():
+                        ref_logp = estimator.log_probs(self.reference, mb, steps, mb_view, select[chunk]).logp
+                mb_behaviour = None if behaviour is None else behaviour[chunk]
+                loss, m = theta_objective(scored.logp, scored.mask, old, mb_behaviour, adv[chunk], algo, ref_logp)
+                rows.append({**m, "loss_theta": loss.item(), "grad_norm_theta": self.theta_step(loss)})
+        return rows

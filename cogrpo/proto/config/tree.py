@@ -1,0 +1,130 @@
+"""The config tree's root, and how a config is loaded: `load_config` reads YAML, applies `--set a.b=value`
+overrides, validates, and turns every problem into one `InputError` line. The resolved config
+(`Config.model_dump()`) is saved with each run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from cogrpo.proto.config.algo import AlgoConfig
+from cogrpo.proto.config.base import Section
+from cogrpo.proto.config.model import ModelConfig, RewardConfig, SamplerConfig, SchedulePolicyConfig
+from cogrpo.proto.config.run import ClusterConfig, EvalConfig, MetricsConfig, PretrainConfig, TrainConfig
+from cogrpo.proto.errors import InputError, clip
+from cogrpo.proto.kinds import FAMILIES, REWARD_SCORES
+from cogrpo.proto.plugins import plugin_attribute
+
+
+class Config(Section):
+    seed: int = 0
+    threads: int = Field(2, ge=1)
+    model: ModelConfig = ModelConfig()
+    sampler: SamplerConfig = SamplerConfig()
+    rewards: tuple[RewardConfig, ...] = (RewardConfig(head="strict"), RewardConfig(head="partial", weight=0.5))
+    schedule_policy: SchedulePolicyConfig = SchedulePolicyConfig()
+    algo: AlgoConfig = AlgoConfig()
+    eval: EvalConfig = EvalConfig()
+    pretrain: PretrainConfig = PretrainConfig()
+    train: TrainConfig = TrainConfig()
+    runtime: Literal["local", "ray"] = "local"
+    cluster: ClusterConfig = ClusterConfig()
+    metrics: MetricsConfig = MetricsConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Config:
+        if not self.rewards:
+            raise ValueError("rewards: at least one reward is needed")
+        self._rewards_score_the_familys_samples()
+        family = FAMILIES.get(self.model.family)
+        learn = self.schedule_policy.learn
+        if family is not None and learn is not None:
+            names = [knob.name for knob in family.knobs]
+            unknown = [knob for knob in learn if knob not in names]
+            if unknown:
+                raise ValueError(f"schedule_policy.learn: family {self.model.family} has no knob {unknown[0]!r} "
+                                 f"(its knobs: {', '.join(names)})")
+        learns_guidance = self.model.family == "masked_image" and "guidance" in (learn or ("guidance",))
+        if learns_guidance and self.algo.mode != "grpo" and self.sampler.guidance <= 0:
+            raise ValueError("learning guidance needs sampler.guidance > 0 (the policy scales around it)")
+        if self.algo.steps.mode == "window" and self.algo.steps.window > self.sampler.steps:
+            raise ValueError(f"algo.steps.window {self.algo.steps.window} exceeds sampler.steps {self.sampler.steps}")
+        return self
+
+    def _rewards_score_the_familys_samples(self) -> None:
+        """A family makes images or texts; every reward must score that kind (plugins declare theirs)."""
+        family = self.model.family
+        samples = FAMILIES[family].samples if family in FAMILIES else plugin_attribute(family, "samples")
+        for index, reward in enumerate(self.rewards):
+            scores = REWARD_SCORES.get(reward.kind) or plugin_attribute(reward.target, "scores")
+            if scores != samples:
+                raise ValueError(f"rewards.{index} ({reward.name}) scores {scores}, but family {family} makes "
+                                 f"{samples}")
+
+
+def _format_validation_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "<root>"
+    if first["type"] == "extra_forbidden":
+        return f"unknown config key '{where}'"
+    more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    # a validator's own message, without pydantic's "Value error, " prefix
+    message = str(first["ctx"]["error"]) if first["type"] == "value_error" else first["msg"]
+    return f"config {where}: {message}{more}"
+
+
+def _apply_override(tree: dict[str, Any], assignment: str) -> None:
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key.strip():
+        raise InputError(f"--set expects key=value, got {assignment!r}")
+    try:
+        value = yaml.safe_load(raw)
+    except (yaml.YAMLError, RecursionError):
+        raise InputError(f"--set {key}: cannot parse value {clip(raw)!r}") from None
+    node = tree
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise InputError(f"--set {key}: '{part}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def resolve_config(tree: dict[str, Any], overrides: list[str] = ()) -> Config:
+    tree = yaml.safe_load(yaml.safe_dump(tree))  # deep copy through plain data
+    for assignment in overrides:
+        _apply_override(tree, assignment)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as err:
+        raise InputError(_format_validation_error(err)) from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
+    """Read a YAML config (or the defaults when path is None) and apply `a.b=value` overrides."""
+    tree: Any = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"config file not found: {path}")
+        try:
+            tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError:
+            raise InputError(f"config file is not UTF-8 text: {path}") from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = f" line {mark.line + 1}" if mark else ""
+            raise InputError(f"config file {path}{line}: not valid YAML") from None
+        except RecursionError:
+            raise InputError(f"config file {path}: nested too deeply") from None
+        if not isinstance(tree, dict):
+            raise InputError(f"config file {path}: top level must be a mapping")
+    return resolve_config(tree, list(overrides))
+
+
+def dump_config(config: Config) -> str:
+    return yaml.safe_dump(config.model_dump(), sort_keys=False)

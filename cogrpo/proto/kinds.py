@@ -1,0 +1,38 @@
+"""The catalogue a config is checked against before anything is built: each built-in model family's samples,
+schedule knobs and backbones, and what each built-in reward scores. A family or reward of one's own declares the
+same on its class (`samples`, `knobs`; `scores`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class Knob:
+    """A schedule knob: `unit` knobs live in (0, 1) (sigmoid around the hand value), `positive` ones above 0
+    (softplus around it)."""
+
+    name: str
+    bounds: Literal["unit", "positive"]
+
+
+MASKED_IMAGE_KNOBS = (Knob("remask_ratio", "unit"), Knob("temperature", "positive"),
+                      Knob("remask_temperature", "positive"), Knob("guidance", "positive"))
+
+
+@dataclass(frozen=True)
+class FamilyInfo:
+    samples: str  # what `decode` gives the rewards: "images" or "texts"
+    knobs: tuple[Knob, ...]
+    kinds: tuple[str, ...]  # the model.kind values of its built-in backbones
+
+
+FAMILIES: dict[str, FamilyInfo] = {
+    "masked_image": FamilyInfo("images", MASKED_IMAGE_KNOBS, ("tiny_mdm", "amused", "meissonic")),
+}
+FAMILY_OF_KIND = {kind: name for name, info in FAMILIES.items() for kind in info.kinds}
+
+# What each built-in reward scores (each reward class declares the same as `scores`; a test holds them together).
+REWARD_SCORES = {"shapes": "images", "clip": "images", "hps": "images", "image_reward": "images",
+                 "vlm_judge": "images"}

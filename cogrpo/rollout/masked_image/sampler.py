@@ -1,0 +1,203 @@
+"""Batched trajectory samplers for masked-token models: MaskGIT confidence sampling and MDLM ancestral
+("emerge") sampling, with every knob settable per step and per sample, recording what an RL learner needs.
+
+One step, given knobs (remask_ratio r, temperature tau, remask_temperature g, guidance w):
+  logits = l_c + w (l_c - l_u)                       classifier-free guidance (w = 0: one forward pass)
+  log p  = log_softmax(logits / tau)                 the sampling distribution; its log-probs are recorded
+  x      ~ p at every masked position                (Gumbel-max; greedy argmax on deterministic steps)
+  maskgit: keep masked the floor(N r) masked positions of lowest log p(x) + g * Gumbel, commit the rest
+  emerge:  commit each masked position with probability (m - r) / m, m = fraction masked now
+The last step commits everything; MaskGIT commits at least one token per step.
+
+Which positions get committed is part of the environment: the model policy's likelihood is that of the committed
+token values, as in Co-GRPO. `replay_log_probs` recomputes those likelihoods with gradients.
+
+A trajectory's named tensors: `cond` (the conditioning), `tokens` (final), `commit_step` (the step that committed
+each position) and `token_logp` (the behaviour log-prob of each committed token, 0 on greedy steps); the canvas
+before any step is rebuilt from tokens and commit steps, so a sample costs two integer grids and a float per token.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cogrpo.models.interface import MaskedTokenModel
+from cogrpo.proto.config import SchedulePolicyConfig
+from cogrpo.proto.kinds import MASKED_IMAGE_KNOBS
+from cogrpo.proto.messages import Trajectory
+
+SAMPLERS = ("maskgit", "emerge")
+_R, _TAU, _G, _W = (tuple(knob.name for knob in MASKED_IMAGE_KNOBS).index(k)
+                    for k in ("remask_ratio", "temperature", "remask_temperature", "guidance"))
+
+
+class ScheduleInputs(nn.Module):
+    """What the schedule policy reads of a masked model's decoding besides the step: the fraction still masked and,
+    with `canvas_input: pooled`, the canvas pooled through a frozen copy of the model's token embedding; the
+    prompt's features through the model's live weights, or (`prompt_input: frozen`) through a copy taken as it was
+    built. The copies are buffers: they travel and are saved with the policy that owns this module."""
+
+    def __init__(self, model: MaskedTokenModel, config: SchedulePolicyConfig):
+        super().__init__()
+        self.register_buffer("prompt_table", model.prompt_table() if config.prompt_input == "frozen" else None)
+        self.register_buffer("token_table", model.token_table() if config.canvas_input == "pooled" else None)
+        self.state_dim = 1 + (0 if self.token_table is None else self.token_table.shape[1])
+        self.prompt_dim = model.prompt_feature_dim
+
+    def prompt(self, model: MaskedTokenModel, cond: torch.Tensor) -> torch.Tensor:
+        """(B, D) on the CPU, from CPU conditioning."""
+        if self.prompt_table is None:
+            return model.prompt_features_cpu(cond)
+        return model.prompt_features(cond, self.prompt_table)
+
+    def state(self, canvas: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+        """(B, F) on the CPU: the fraction masked, then the pooled canvas."""
+        fraction = masked.float().mean(1).cpu()[:, None]
+        if self.token_table is None:
+            return fraction
+        return torch.cat([fraction, F.embedding(canvas.cpu(), self.token_table).mean(1)], 1)
+
+
+def _gumbel(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    u = torch.rand(shape, generator=generator, device=generator.device).clamp_(1e-20, 1.0 - 1e-7)
+    return -torch.log(-torch.log(u))
+
+
+def canvas_before(traj: Trajectory, step: int, mask_id: int) -> torch.Tensor:
+    """The canvas when executed step `step` began: the positions committed before it, the mask id elsewhere."""
+    tokens, commit_step = traj.tensors["tokens"], traj.tensors["commit_step"]
+    return torch.where(commit_step < step, tokens, torch.full_like(tokens, mask_id))
+
+
+def guided_log_probs(model: MaskedTokenModel, canvas: torch.Tensor, cond: torch.Tensor, null: torch.Tensor,
+                     knobs: torch.Tensor) -> torch.Tensor:
+    """log-softmax of the guided, temperature-scaled logits: (B, N, V). knobs: (B, K)."""
+    guidance = knobs[:, _W]
+    if bool((guidance == 0).all()):
+        logits = model(canvas, cond)
+    else:
+        cond_logits, null_logits = model(torch.cat([canvas, canvas]), torch.cat([cond, null])).chunk(2)
+        logits = cond_logits + guidance[:, None, None] * (cond_logits - null_logits)
+    return F.log_softmax(logits / knobs[:, _TAU, None, None], dim=-1)
+
+
+def _commit_maskgit(masked, logp_sampled, knobs, last, stochastic, generator):
+    n = masked.shape[1]
+    n_masked = masked.sum(1)
+    keep = torch.zeros_like(n_masked) if last else torch.minimum(
+        torch.floor(n * knobs[:, _R]).long().clamp(min=0), (n_masked - 1).clamp(min=0))
+    confidence = logp_sampled
+    if stochastic:
+        confidence = confidence + knobs[:, _G, None] * _gumbel(tuple(masked.shape), generator)
+    confidence = confidence.masked_fill(~masked, float("inf"))
+    rank = confidence.argsort(dim=1).argsort(dim=1)
+    return masked & (rank >= keep[:, None])
+
+
+def _commit_emerge(masked, logp_sampled, knobs, last, stochastic, generator):
+    if last:
+        return masked
+    if not stochastic:  # deterministic steps take the expected count by confidence, with no noise
+        return _commit_maskgit(masked, logp_sampled, knobs, last, False, generator)
+    frac = masked.float().mean(1)
+    p = ((frac - knobs[:, _R]) / frac.clamp(min=1e-9)).clamp(0.0, 1.0)
+    return masked & (torch.rand(tuple(masked.shape), generator=generator, device=generator.device) < p[:, None])
+
+
+@torch.no_grad()
+def generate(model: MaskedTokenModel, cond: torch.Tensor, schedule, steps: int, seed: int,
+             sampler: str = "maskgit", stochastic: torch.Tensor | None = None, plan: list[int] | None = None,
+             effective: torch.Tensor | None = None) -> Trajectory:
+    """Decode a batch from an all-masked canvas and record its trajectory. Deterministic for a given seed.
+
+    steps: length of the schedule. plan: the schedule steps to execute, in order (default all; MixGRPO-Flash
+    skips some after its window; the last one must be steps - 1). stochastic: (len(plan),) bool; False steps
+    decode greedily (argmax tokens, noiseless selection, mean schedule action) and carry no log-prob
+    (MixGRPO's deterministic segments). Default: every step is stochastic. effective: (len(plan), K) bool, the
+    knobs that could change the outcome at each executed step (default: all). The schedule's encoder (a
+    ScheduleInputs, or None for the fraction masked and the live prompt features) makes what the schedule reads.
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}")
+    commit_fn = _commit_maskgit if sampler == "maskgit" else _commit_emerge
+    plan = list(range(steps)) if plan is None else list(plan)
+    if not plan or plan[-1] != steps - 1 or any(b <= a for a, b in zip(plan, plan[1:])):
+        raise ValueError(f"plan must be increasing and end at step {steps - 1}: {plan}")
+    stochastic = torch.ones(len(plan), dtype=torch.bool) if stochastic is None else stochastic.bool()
+    if effective is None:
+        effective = torch.ones(len(plan), len(MASKED_IMAGE_KNOBS), dtype=torch.bool)
+    # schedule actions are drawn on the CPU; token noise where the model runs (the same generator on a CPU)
+    device = model.device
+    generator = torch.Generator().manual_seed(seed)
+    noise = generator if device.type == "cpu" else torch.Generator(device).manual_seed(seed)
+    b, n = cond.shape[0], model.num_tokens
+    cond_cpu, cond = cond, cond.to(device)
+    null = model.null_conditioning(b).to(device)
+    encoder = ScheduleInputs(model, SchedulePolicyConfig()) if schedule.encoder is None else schedule.encoder
+    prompt_feat = encoder.prompt(model, cond_cpu)
+    canvas = torch.full((b, n), model.mask_id, dtype=torch.long, device=device)
+    commit_step = torch.full((b, n), len(plan), dtype=torch.long, device=device)
+    token_logp = torch.zeros(b, n, device=device)
+    knobs, actions, sched_logp, states, masks = [], [], [], [], []
+    was_training = model.training
+    model.eval()
+    try:
+        for t, schedule_step in enumerate(plan):
+            masked = canvas == model.mask_id
+            state = encoder.state(canvas, masked)
+            decision = schedule.decide(schedule_step, steps, state, prompt_feat, bool(stochastic[t]), generator,
+                                       effective[t])
+            step_knobs = decision.knobs.to(device)
+            logp_all = guided_log_probs(model, canvas, cond, null, step_knobs)
+            if stochastic[t]:
+                sampled = (logp_all + _gumbel(tuple(logp_all.shape), noise)).argmax(-1)
+            else:
+                sampled = logp_all.argmax(-1)
+            logp_sampled = logp_all.gather(-1, sampled[..., None]).squeeze(-1)
+            last = t == len(plan) - 1
+            commit = commit_fn(masked, logp_sampled, step_knobs, last, bool(stochastic[t]), noise)
+            canvas = torch.where(commit, sampled, canvas)
+            commit_step[commit] = t
+            if stochastic[t]:
+                token_logp[commit] = logp_sampled[commit]
+            knobs.append(decision.knobs)
+            actions.append(decision.action)
+            sched_logp.append(decision.logp)
+            states.append(state)
+            masks.append(decision.mask)
+    finally:
+        model.train(was_training)
+    return Trajectory(
+        tensors={"cond": cond_cpu, "tokens": canvas.cpu(), "commit_step": commit_step.cpu(),
+                 "token_logp": token_logp.cpu()},
+        knobs=torch.stack(knobs, 1), sched_state=torch.stack(states, 1), prompt_feat=prompt_feat,
+        sched_action=torch.stack(actions, 1), sched_logp=torch.stack(sched_logp, 1), sched_mask=torch.stack(masks),
+        stochastic=stochastic, step_index=torch.tensor(plan), schedule_steps=steps, seed=seed)
+
+
+def replay_log_probs(model: MaskedTokenModel, traj: Trajectory, steps: list[int],
+                     select: torch.Tensor | None = None) -> torch.Tensor:
+    """Log-probs of the recorded final tokens under the model, re-run on the canvas before each step in `steps`
+    with that step's knobs: (B, len(steps), N). Differentiable; one batched forward pass for all steps. select
+    (B, len(steps)) bool: only those (sample, step) pairs are run, the others are 0. Entries where
+    commit_step != step are not that step's actions; callers mask them. The forward pass runs on the model's
+    device; the (small) result comes back to the CPU trajectory's device, gradients included."""
+    b, device = traj.batch_size, model.device
+    cond, tokens = traj.tensors["cond"], traj.tensors["tokens"]
+    canvases = torch.cat([canvas_before(traj, t, model.mask_id) for t in steps])
+    conds = cond.repeat(len(steps), *([1] * (cond.dim() - 1)))
+    knobs = torch.cat([traj.knobs[:, t] for t in steps])
+    targets = tokens.repeat(len(steps), 1)
+    rows = None if select is None else select.transpose(0, 1).reshape(-1)  # step-major, as the canvases
+    if rows is not None:
+        canvases, conds, knobs, targets = canvases[rows], conds[rows], knobs[rows], targets[rows]
+    logp_all = guided_log_probs(model, canvases.to(device), conds.to(device),
+                                model.null_conditioning(conds.shape[0]).to(device), knobs.to(device))
+    logp = logp_all.gather(-1, targets.to(device)[..., None]).squeeze(-1).to(tokens.device)
+    if rows is not None:
+        full = logp.new_zeros(len(steps) * b, logp.shape[1])
+        full[rows] = logp
+        logp = full
+    return logp.view(len(steps), b, -1).transpose(0, 1)

@@ -1,0 +1,44 @@
+"""Nothing the masked image path learns moved when the model families got a seam of their own: the smoke config's
+first 3 iterations (rewards, losses, every learner metric) and the evaluations after them equal, in both runtimes,
+the values measured on the commit before (tests/fixtures/smoke_parity.json, with how they were measured)."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from cogrpo.cluster.loop import trainer
+from cogrpo.proto.config import load_config
+
+FIXTURE = json.loads((Path(__file__).parents[1] / "fixtures" / "smoke_parity.json").read_text())
+
+
+def same(expected, got) -> bool:
+    """Rewards, counts and evaluations exactly; losses and gradient norms to float32 rounding (the thread count the
+    fixture was measured with changes their last digits, never a reward)."""
+    if isinstance(expected, float):
+        return got == pytest.approx(expected, rel=1e-4, abs=1e-7)
+    return expected == got
+
+
+@pytest.mark.parametrize("runtime", ["local", "ray"])
+def test_the_smoke_configs_first_iterations_are_those_of_the_commit_before(tmp_path, runtime):
+    if runtime == "ray":
+        ray = pytest.importorskip("ray")
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    config = load_config("configs/smoke-cpu.yaml", [*FIXTURE["overrides"], f"runtime={runtime}"])
+    loop = trainer(config, str(tmp_path / "run"), log=lambda line: None)
+    try:
+        loop.fit()
+    finally:
+        loop.close()
+        if runtime == "ray":
+            ray.shutdown()
+    assert len(loop.run.metrics) == len(FIXTURE["metrics"]) == 3
+    for expected, got in zip(FIXTURE["metrics"], loop.run.metrics):
+        differ = {key: (value, got.get(key)) for key, value in expected.items() if not same(value, got.get(key))}
+        assert not differ, f"iteration {expected['iteration']}: {differ}"
+    assert len(loop.run.evals) == len(FIXTURE["evals"]) == 2
+    for expected, got in zip(FIXTURE["evals"], loop.run.evals):
+        assert {key: got[key] for key in expected} == expected
