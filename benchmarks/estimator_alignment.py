@@ -16,11 +16,10 @@ import torch
 
 from cogrpo.cluster.build import build_policies, build_rewards
 from cogrpo.data.prompts import training_records
-from cogrpo.learner.advantages import group_advantages
+from cogrpo.learner.advantages import group_advantages, group_ids
 from cogrpo.learner.objectives import theta_objective
 from cogrpo.proto.config import load_config
 from cogrpo.rewards.registry import score_all
-from cogrpo.rollout.batching import group_ids
 from cogrpo.rollout.collect import collect
 from cogrpo.rollout.masked_image.estimators import MaskGRPO, TrajectoryReplay, random_mask
 from cogrpo.rollout.schedule import schedule_for
@@ -57,7 +56,7 @@ def main() -> None:
                        batch, config.sampler.batch_size)
         metadata = [r for r in records for _ in range(algo.group_size)]
         terms = score_all(rewards, family.decode(model, traj), [r["prompt"] for r in metadata], metadata)
-        adv, _ = group_advantages(terms, group_ids(len(records), algo.group_size).numpy(), algo.adv_eps, None)
+        adv, _ = group_advantages(terms, group_ids(len(records), algo.group_size), algo.adv_eps, None)
         adv = torch.from_numpy(adv).float()
         scored, behaviour = replay.log_probs(model, traj, plan.trained, {}), replay.behaviour(traj, plan.trained)
         exact = gradient(theta_objective(scored.logp, scored.mask, behaviour, behaviour, adv, algo)[0])

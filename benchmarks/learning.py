@@ -34,13 +34,13 @@ METHODS = {
 EVAL_STEPS = (8, 4)
 
 
-def base_scores(config) -> dict:
+def base_scores(config, eval_steps: tuple[int, ...] = EVAL_STEPS) -> dict:
     """The shipped model with the hand schedule, as every method starts."""
     policies = build_policies(config)
     out = {}
     for split, spec in config.train.eval_metadata.items():
         records = read_metadata(resolve_metadata_path(spec))
-        for steps in EVAL_STEPS:
+        for steps in eval_steps:
             schedule = schedule_for(config, policies.family, policies.policy, steps, sample_actions=False)
             result = evaluate(policies.family, policies.model, schedule, records, steps, config.seed,
                               config.sampler.batch_size, 1)
@@ -93,9 +93,13 @@ def main() -> None:
                          "method": f"{method}, mean of {len(runs)} seeds", "sampler": runs[0]["sampler"]})
     table = render(rows, args)
     print(table)
-    path = Path(args.write)
+    write_block(Path(args.write), args.table, table)
+
+
+def write_block(path: Path, name: str, table: str) -> None:
+    """Put `table` between the markers `name` in `path` (appended, with its markers, if they are not there)."""
     text = path.read_text() if path.exists() else ""
-    begin, end = f"<!-- {args.table}:begin -->", f"<!-- {args.table}:end -->"
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
     block = f"{begin}\n{table}\n{end}"
     text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S) if begin in text \
         else text + "\n" + block + "\n"

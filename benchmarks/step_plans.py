@@ -1,7 +1,8 @@
 """Which samples a step plan makes before any training: the shipped model's rollouts (hand schedule, the training
 split's prompts, the config's rewards) under every step plan the trainer can draw, each window position of a
-MixGRPO window with the steps outside it decoded greedily or stochastically. A plan whose rollouts score far from
-the evaluation's (every step sampled) trains on samples the evaluation never sees. Prints a markdown table.
+MixGRPO window with the steps outside it decoded deterministically (greedily) or stochastically. A plan whose
+rollouts score far from the evaluation's (every step sampled) trains on samples the evaluation never sees. Prints a
+markdown table.
 
     .venv/bin/python benchmarks/step_plans.py [--prompts 64] [--samples 8] [--window 4]
 """
@@ -36,9 +37,9 @@ def main() -> None:
     records = training_records(config.seed, 0, args.prompts)
     schedule = HandSchedule(family.hand_schedule(steps))
     plans = [("every step sampled (as evaluated)", load_config(args.config).algo.steps)]
-    for outside in ("greedy", "stochastic"):
+    for outside in ("deterministic", "stochastic"):
         for start in range(0, steps - args.window + 1, max(1, (steps - args.window) // 2)):
-            window = load_config(args.config, [f"algo.steps.mode=window", f"algo.steps.window={args.window}",
+            window = load_config(args.config, ["algo.steps.mode=window", f"algo.steps.window={args.window}",
                                                "algo.steps.shift_every=1", f"algo.steps.stride={start}",
                                                f"algo.steps.outside={outside}"]).algo.steps
             plans.append((f"window at steps {start}-{start + args.window - 1}, {outside} outside", window))

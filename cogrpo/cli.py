@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the run in --run-dir: from its latest complete checkpoint (auto; none yet: start "
                         "over), or from PATH, one of its checkpoints/iter_NNNNNN folders")
 
-    p = sub.add_parser("pretrain", help="train the tiny MDM from scratch on the shapes world")
+    p = sub.add_parser("pretrain", help="train a tiny model (TinyMDM, TinyFlow) from scratch on the shapes world")
     _common(p)
     p.add_argument("--out", help="checkpoint path (default: pretrain.out from the config)")
     return parser
@@ -217,21 +217,24 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     from cogrpo.cluster.process import configure_compute
     from cogrpo.data.geneval import read_metadata, resolve_metadata_path
     from cogrpo.learner.pretrain import pretrain
-    from cogrpo.models.checkpoint import save_model
-    from cogrpo.models.tiny_mdm import TinyMDM
+    from cogrpo.models.checkpoint import TINY_MODELS, save_model
     from cogrpo.rollout.collect import evaluate
     from cogrpo.rollout.schedule import HandSchedule
 
     config = _config(args)
+    if config.model.kind not in TINY_MODELS:
+        raise InputError(f"pretrain trains the tiny models ({', '.join(TINY_MODELS)}) from scratch, not "
+                         f"model.kind {config.model.kind}")
     out = Path(args.out or config.pretrain.out)
     if out.suffix != ".safetensors":
         raise InputError(f"pretrain output must be a .safetensors file, got {str(out)!r}")
     records = read_metadata(resolve_metadata_path(config.eval.metadata))
     configure_compute(config.threads)
     torch.manual_seed(config.seed)
-    model = TinyMDM(config.model.arch)
+    model = TINY_MODELS[config.model.kind](config.model.arch)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"pretraining TinyMDM ({n_params / 1e6:.2f}M parameters) for {config.pretrain.steps} steps", flush=True)
+    print(f"pretraining {type(model).__name__} ({n_params / 1e6:.2f}M parameters) for {config.pretrain.steps} steps",
+          flush=True)
     stats = pretrain(model, config.pretrain, config.seed, log=lambda row: print(json.dumps(row), flush=True))
     save_model(model, out, pretrain=json.dumps(stats))
     family, steps = family_of(config), config.eval.steps

@@ -13,9 +13,10 @@ from safetensors.torch import save as safetensors_bytes
 from cogrpo.cli import main
 from cogrpo.data.prompts import colors, single_object
 from cogrpo.models.tiny_mdm import TinyMDM
-from cogrpo.proto.config import TinyMDMArch
+from cogrpo.proto.config import TinyArch
 
 CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "smoke-cpu.yaml")
+FLOW = str(Path(__file__).resolve().parents[1] / "configs" / "flow-smoke-cpu.yaml")
 TRAIN = ["train", "--config", CONFIG, "--run-dir", "run", "--set", "runtime=local"]
 
 
@@ -68,6 +69,11 @@ GOOD = jsonl(single_object("square"), colors("red", "circle"))
     (["eval", "--set", "algo.candidate_prompts=6"], "candidate_prompts 6 is below prompts_per_iteration 8", {}),
     (["eval", "--set", "algo.token_average=token", "--set", "algo.ratio=step_product"],
      "token_average: token needs", {}),
+    (["eval", "--config", FLOW, "--set", "algo.steps.window=9"], "exceeds sampler.steps 8", {}),
+    (["eval", "--config", FLOW, "--set", "sampler.noise_level=0"], "sampler.noise_level 0 makes the SDE steps", {}),
+    (["eval", "--config", FLOW, "--set", "sampler.kind=maskgit"], "not a sampler of family flow_image (flow)", {}),
+    (["eval", "--config", FLOW, "--set", "algo.theta_likelihood=maskgrpo"], "not offered by family flow_image", {}),
+    (["eval", "--set", "sampler.kind=flow"], "sampler.kind flow is not a sampler of family masked_image", {}),
 ])
 def test_bad_configs(argv, message, files, workdir, capsys):
     err = fails(argv, message, workdir, capsys, files)
@@ -99,7 +105,7 @@ def test_bad_prompts(workdir, capsys):
     fails(["sample", "--prompt", "a photo of a \udcff circle", "--out", "x.png"], "unknown word", workdir, capsys)
 
 
-def tiny_mdm_file(arch: TinyMDMArch, claimed: TinyMDMArch) -> bytes:
+def tiny_mdm_file(arch: TinyArch, claimed: TinyArch) -> bytes:
     """A TinyMDM checkpoint holding `arch`'s tensors whose metadata says `claimed`."""
     tensors = {k: v.contiguous() for k, v in TinyMDM(arch).state_dict().items()}
     return safetensors_bytes(tensors, metadata={"kind": "tiny_mdm", "arch": claimed.model_dump_json()})
@@ -111,7 +117,7 @@ def pickled() -> bytes:
     return buffer.getvalue()
 
 
-SMALL = TinyMDMArch(d_model=32, layers=1, heads=2, conv_layers=0)
+SMALL = TinyArch(d_model=32, layers=1, heads=2, conv_layers=0)
 
 
 @pytest.mark.parametrize("files, checkpoint, message", [

@@ -1,1 +1,2 @@
-"""Runtimes: the single-process trainer and the Ray runtime."""
+"""Runtimes: the one training loop, the single-process and the Ray runtime, the builder both use, metrics, plots,
+run directories."""

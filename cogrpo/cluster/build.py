@@ -16,9 +16,10 @@ from cogrpo.proto.family import Family
 from cogrpo.proto.plugins import load_plugin
 from cogrpo.rewards.interface import Reward
 from cogrpo.rewards.registry import build_reward
+from cogrpo.rollout.flow_image.family import FlowImageFamily
 from cogrpo.rollout.masked_image.family import MaskedImageFamily
 
-BUILTIN_FAMILIES = {"masked_image": MaskedImageFamily}
+BUILTIN_FAMILIES = {"masked_image": MaskedImageFamily, "flow_image": FlowImageFamily}
 
 
 def family_of(config: Config) -> Family:

@@ -20,14 +20,13 @@ from cogrpo.cluster.run_dir import ResumePoint, RunDir, resume_point
 from cogrpo.data.geneval import read_metadata, resolve_metadata_path
 from cogrpo.data.grid import image_grid
 from cogrpo.data.prompts import training_records
-from cogrpo.learner.advantages import down_sample, group_advantages, in_scorable_groups, judged_by_all, select_groups
+from cogrpo.learner.advantages import iteration_advantages
 from cogrpo.learner.checkpoint import load_rng, save_rng
 from cogrpo.proto.config import Config
 from cogrpo.proto.errors import FaultError
 from cogrpo.proto.family import Family
 from cogrpo.proto.layout import mark_latest
 from cogrpo.rewards.registry import Terms, mask_unscored, reward_stats
-from cogrpo.rollout.batching import group_ids
 from cogrpo.rollout.steps import StepPlan, step_plan
 
 Handle = TypeVar("Handle")
@@ -193,7 +192,8 @@ class TrainingLoop:
         rollout = self.ahead.pop(iteration, None) or runtime.rollout(iteration, records, plan)
         terms = mask_unscored(runtime.score(rollout))
         rollout_s = time.time() - clock
-        adv, usable, faults = self.advantages(terms, len(records))
+        adv, usable, faults = iteration_advantages(self.config.algo, terms, [r.name for r in self.config.rewards],
+                                                   len(records))
         self._launch_ahead(iteration + 1)
         update_clock = time.time()
         metrics = runtime.update(iteration, rollout, adv, usable)
@@ -212,22 +212,6 @@ class TrainingLoop:
         weight version behind, and corrected as such)."""
         if self.config.cluster.max_staleness >= 1 and iteration < self.config.train.iterations:
             self.ahead[iteration] = self.runtime.rollout(iteration, *self.inputs(iteration))
-
-    def advantages(self, terms: Terms, prompts: int) -> tuple[np.ndarray, np.ndarray, dict]:
-        """Group-relative advantages of the samples trained on (after PODS down-sampling and dynamic sampling),
-        which are usable, and the iteration's reward faults: `reward_failures`, per reward, the samples it could not
-        score; `dropped_groups`, prompt groups left with fewer than two samples every reward scored."""
-        algo = self.config.algo
-        groups = group_ids(prompts, algo.samples_per_prompt).numpy()
-        trained = terms if algo.rollouts_per_prompt is None else down_sample(terms, groups, algo.group_size)
-        if algo.candidate_prompts is not None:
-            trained = select_groups(trained, groups, algo.prompts_per_iteration)
-        adv, usable = group_advantages(trained, groups, algo.adv_eps, algo.adv_clip)
-        scored = in_scorable_groups(judged_by_all(terms), groups)
-        faults = {"reward_failures": {r.name: int((~valid).sum()) for r, (_, valid, _) in zip(self.config.rewards,
-                                                                                                terms)},
-                  "dropped_groups": len(np.unique(groups)) - len(np.unique(groups[scored]))}
-        return adv, usable, faults
 
     def _report(self, row: dict, bar, say) -> None:
         """On a terminal a progress bar shows reward, throughput and staleness; elsewhere (CI, job logs) one line

@@ -1,1 +1,1 @@
-"""Worlds and data: the shapes world, GenEval-style prompts and metadata, GenEval file formats."""
+"""Worlds and data: the shapes world, GenEval-style prompts and metadata, GenEval file formats, weight files."""

@@ -4,6 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from cogrpo.proto.config import AlgoConfig
+
+
+def group_ids(n_prompts: int, group_size: int) -> np.ndarray:
+    """The prompt (group) each sample belongs to, samples in prompt-major order (group_size per prompt in a row)."""
+    return np.repeat(np.arange(n_prompts), group_size)
+
 
 def group_normalize(scores: np.ndarray, groups: np.ndarray, valid: np.ndarray, eps: float) -> np.ndarray:
     """(r - mean) / (std + eps) within each group over its valid samples; zero variance gives exactly 0."""
@@ -90,3 +97,19 @@ def select_groups(terms: list[tuple[np.ndarray, np.ndarray, float]], groups: np.
     """The terms restricted to the `keep` groups whose combined rewards vary most."""
     total, valid = combined_scores(terms)
     return only(terms, most_varied_groups(total, groups, valid, keep))
+
+
+def iteration_advantages(algo: AlgoConfig, terms: list[tuple[np.ndarray, np.ndarray, float]], reward_names: list[str],
+                         prompts: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    """An iteration's group-relative advantages over the samples it trains on (after PODS down-sampling and dynamic
+    sampling), which samples are usable, and its reward faults: `reward_failures`, per reward, the samples it could
+    not score; `dropped_groups`, prompt groups left with fewer than two samples every reward scored."""
+    groups = group_ids(prompts, algo.samples_per_prompt)
+    trained = terms if algo.rollouts_per_prompt is None else down_sample(terms, groups, algo.group_size)
+    if algo.candidate_prompts is not None:
+        trained = select_groups(trained, groups, algo.prompts_per_iteration)
+    adv, usable = group_advantages(trained, groups, algo.adv_eps, algo.adv_clip)
+    scored = in_scorable_groups(judged_by_all(terms), groups)
+    faults = {"reward_failures": {name: int((~valid).sum()) for name, (_, valid, _) in zip(reward_names, terms)},
+              "dropped_groups": len(np.unique(groups)) - len(np.unique(groups[scored]))}
+    return adv, usable, faults

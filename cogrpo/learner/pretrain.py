@@ -1,8 +1,9 @@
-"""Supervised pretraining of a masked-token model on the shapes world (the BERT-style MDM objective).
+"""Supervised pretraining of the tiny models from scratch on the shapes world.
 
-Each batch: sample GenEval records over all six tasks, render them, tokenize, mask a cosine-distributed fraction
-of tokens per image, and minimise cross-entropy on the masked tokens. A fraction of prompts is replaced by the
-null prompt so classifier-free guidance works.
+Each batch: sample GenEval records over all six tasks and render them; a fraction of prompts is replaced by the
+null prompt so classifier-free guidance works. Then the model's objective: TinyMDM's BERT-style masked-token
+cross-entropy (a cosine-distributed fraction of tokens masked per image), TinyFlow's rectified-flow velocity
+regression (times logit-normal, as SD3 trains).
 """
 
 from __future__ import annotations
@@ -20,18 +21,19 @@ from cogrpo.data.prompts import TASKS, sample_records
 from cogrpo.data.world import render, to_rgb
 from cogrpo.learner.objectives import cosine_decay
 from cogrpo.models.interface import MaskedTokenModel
+from cogrpo.models.tiny_flow import TinyFlow, images_to_latents
 from cogrpo.proto.config import PretrainConfig
 
 
-def make_batch(model: MaskedTokenModel, rng: random.Random, batch: int, p_uncond: float,
-               generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def make_batch(model: torch.nn.Module, rng: random.Random, batch: int, p_uncond: float,
+               generator: torch.Generator) -> tuple[np.ndarray, torch.Tensor]:
+    """Rendered images (B, H, W, 3) uint8 and their conditioning, p_uncond of it the null prompt's."""
     records = sample_records(rng, batch, tasks=rng.sample(TASKS, len(TASKS)))
     images = to_rgb(np.stack([render(r, rng) for r in records]))
-    tokens = torch.from_numpy(model.tokenizer.encode(images))
     cond = model.encode_prompts([r["prompt"] for r in records])
     drop = torch.rand(batch, generator=generator) < p_uncond
     null = model.null_conditioning(batch)
-    return tokens, torch.where(drop.view(-1, *[1] * (cond.dim() - 1)), null, cond)
+    return images, torch.where(drop.view(-1, *[1] * (cond.dim() - 1)), null, cond)
 
 
 def mask_tokens(tokens: torch.Tensor, mask_id: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,14 +47,35 @@ def mask_tokens(tokens: torch.Tensor, mask_id: int, generator: torch.Generator) 
     return tokens.masked_fill(masked, mask_id), masked
 
 
+def masked_token_loss(model: MaskedTokenModel, images: np.ndarray, cond: torch.Tensor,
+                      generator: torch.Generator) -> torch.Tensor:
+    tokens = torch.from_numpy(model.tokenizer.encode(images))
+    inputs, masked = mask_tokens(tokens, model.mask_id, generator)
+    return F.cross_entropy(model(inputs, cond)[masked], tokens[masked])
+
+
+def velocity_loss(model: TinyFlow, images: np.ndarray, cond: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """|v(x_t, t) - (eps - x_0)|^2 at x_t = (1 - t) x_0 + t eps, t = sigmoid(N(0, 1))."""
+    x0 = images_to_latents(images)
+    t = torch.sigmoid(torch.randn(len(x0), generator=generator))
+    eps = torch.randn(x0.shape, generator=generator)
+    x_t = (1 - t[:, None, None]) * x0 + t[:, None, None] * eps
+    return F.mse_loss(model(x_t, t, cond), eps - x0)
+
+
+LOSSES = {"tiny_mdm": masked_token_loss, "tiny_flow": velocity_loss}
+
+
 def lr_at(step: int, config: PretrainConfig) -> float:
     warm = min(1.0, (step + 1) / max(1, config.warmup_steps))
     return config.lr * warm * cosine_decay(step / max(1, config.steps), config.min_lr_ratio)
 
 
-def pretrain(model: MaskedTokenModel, config: PretrainConfig, seed: int,
+def pretrain(model: torch.nn.Module, config: PretrainConfig, seed: int,
              log: Callable[[dict], None] = lambda row: None) -> dict:
-    """Train in place; returns a summary (steps, images, seconds, final EMA loss)."""
+    """Train a tiny model (its `kind` picks the objective) in place; returns a summary (steps, images, seconds,
+    final EMA loss)."""
+    objective = LOSSES[model.kind]
     rng = random.Random(seed)
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.99),
@@ -63,9 +86,8 @@ def pretrain(model: MaskedTokenModel, config: PretrainConfig, seed: int,
     for step in range(config.steps):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, config)
-        tokens, cond = make_batch(model, rng, config.batch_size, config.p_uncond, generator)
-        inputs, masked = mask_tokens(tokens, model.mask_id, generator)
-        loss = F.cross_entropy(model(inputs, cond)[masked], tokens[masked])
+        images, cond = make_batch(model, rng, config.batch_size, config.p_uncond, generator)
+        loss = objective(model, images, cond, generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)

@@ -8,14 +8,15 @@ from pathlib import Path
 import torch
 
 from cogrpo.data.weights import load_state_into, load_tensors, save_tensors
-from cogrpo.models.interface import MaskedTokenModel
+from cogrpo.models.tiny_flow import TinyFlow
 from cogrpo.models.tiny_mdm import TinyMDM
-from cogrpo.proto.config import FOLDER_MODELS, ModelConfig, TinyMDMArch
+from cogrpo.proto.config import FOLDER_MODELS, ModelConfig, TinyArch
 from cogrpo.proto.errors import InputError
 from cogrpo.proto.layout import exported_model_of
 
 BUILTIN_DIR = Path(__file__).parent / "weights"
 BUILTIN_PREFIX = "builtin:"
+TINY_MODELS = {"tiny_mdm": TinyMDM, "tiny_flow": TinyFlow}  # built from an architecture, trained from scratch
 
 
 def resolve_checkpoint_path(spec: str) -> Path:
@@ -30,9 +31,9 @@ def resolve_checkpoint_path(spec: str) -> Path:
 def save_model(model: torch.nn.Module, path: str | Path, state: dict[str, torch.Tensor] | None = None,
                **extra: str) -> None:
     """state: the full tensors when the module's own are partitioned (ZeRO-3); the module's state dict otherwise.
-    A TinyMDM file also records its architecture; an aMUSEd file holds the transformer over its base folder."""
+    A tiny model's file also records its architecture; an aMUSEd file holds the transformer over its base folder."""
     metadata = {"kind": model.kind, **extra}
-    if isinstance(model, TinyMDM):
+    if model.kind in TINY_MODELS:
         metadata["arch"] = model.arch.model_dump_json()
     save_tensors(path, model.state_dict() if state is None else state, metadata)
 
@@ -44,18 +45,18 @@ def read_checkpoint(path: str | Path, kind: str) -> tuple[dict[str, torch.Tensor
     return tensors, metadata
 
 
-def load_model(path: str | Path) -> TinyMDM:
-    tensors, metadata = read_checkpoint(path, "tiny_mdm")
+def load_model(path: str | Path, kind: str = "tiny_mdm") -> TinyMDM | TinyFlow:
+    tensors, metadata = read_checkpoint(path, kind)
     try:
-        arch = TinyMDMArch.model_validate(json.loads(metadata["arch"]))
+        arch = TinyArch.model_validate(json.loads(metadata["arch"]))
     except (KeyError, ValueError) as exc:
         raise InputError(f"checkpoint {path} has no valid architecture metadata ({exc})") from None
-    model = TinyMDM(arch)
+    model = TINY_MODELS[kind](arch)
     load_state_into(model, tensors, str(path))
     return model
 
 
-def _load_folder_model(config: ModelConfig) -> MaskedTokenModel:
+def _load_folder_model(config: ModelConfig) -> torch.nn.Module:
     """diffusers is optional and slow to import: only folder models import it."""
     if config.kind == "amused":
         from cogrpo.models.amused import load_amused
@@ -66,8 +67,9 @@ def _load_folder_model(config: ModelConfig) -> MaskedTokenModel:
     return load_meissonic(config.path, config.resolution, config.trust_folder_code)
 
 
-def build_model(config: ModelConfig) -> MaskedTokenModel:
-    """The configured model. TinyMDM: loaded from its checkpoint (whose metadata fixes the architecture), or fresh.
+def build_model(config: ModelConfig) -> torch.nn.Module:
+    """The configured model. TinyMDM, TinyFlow: loaded from a checkpoint (whose metadata fixes the architecture), or
+    fresh.
     aMUSEd, Meissonic: their local folder, then the fine-tuned transformer weights of `checkpoint` if one is named."""
     if config.kind in FOLDER_MODELS:
         model = _load_folder_model(config)
@@ -76,5 +78,5 @@ def build_model(config: ModelConfig) -> MaskedTokenModel:
             load_state_into(model, read_checkpoint(path, config.kind)[0], str(path))
         return model
     if config.checkpoint is None:
-        return TinyMDM(config.arch)
-    return load_model(resolve_checkpoint_path(config.checkpoint))
+        return TINY_MODELS[config.kind](config.arch)
+    return load_model(resolve_checkpoint_path(config.checkpoint), config.kind)

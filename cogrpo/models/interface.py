@@ -6,7 +6,10 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from cogrpo.data.prompts import PAD, WORD_ID, null_tokens, tokenize
 
 
 class ImageTokenizer(ABC):
@@ -29,7 +32,46 @@ def compute_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-class MaskedTokenModel(nn.Module, ABC):
+class OnDevice:
+    """Where a module's weights live. Samplers and likelihoods run there; trajectories and schedule decisions stay
+    on the CPU (small, and what crosses processes)."""
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def prompt_features_cpu(self, cond: torch.Tensor) -> torch.Tensor:
+        """`prompt_features` for CPU conditioning, returned on the CPU (the schedule policy's input)."""
+        return self.prompt_features(cond.to(self.device)).cpu()
+
+
+class WordPrompts(OnDevice):
+    """The shapes world's prompt conditioning, shared by the tiny models: the prompt's word ids (padded to
+    MAX_WORDS) read through the model's own `word_emb`, the null prompt for guidance, and their mean word
+    embedding as the schedule policy's prompt features."""
+
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        return torch.tensor([tokenize(p) for p in prompts], dtype=torch.long)
+
+    def null_conditioning(self, batch: int) -> torch.Tensor:
+        return torch.tensor([null_tokens()] * batch, dtype=torch.long)
+
+    @property
+    def prompt_feature_dim(self) -> int:
+        return self.word_emb.embedding_dim
+
+    @torch.no_grad()
+    def prompt_features(self, cond: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
+        """The mean of the prompt words' rows of the embedding (padding excluded): (B, D)."""
+        table = self.word_emb.weight if table is None else table
+        words = (cond != WORD_ID[PAD]).float()
+        return (F.embedding(cond, table) * words[..., None]).sum(1) / words.sum(1, keepdim=True).clamp(min=1)
+
+    def prompt_table(self) -> torch.Tensor:
+        return self.word_emb.weight.detach().cpu().clone()
+
+
+class MaskedTokenModel(OnDevice, nn.Module, ABC):
     """Given token ids (with `mask_id` where masked) and conditioning, logits over the codebook everywhere.
 
     Conditioning is a tensor whose first dimension is the batch; classifier-free guidance is the sampler's
@@ -54,16 +96,6 @@ class MaskedTokenModel(nn.Module, ABC):
     @property
     def mask_id(self) -> int:
         return self.codebook_size
-
-    @property
-    def device(self) -> torch.device:
-        """Where the weights live. Samplers and likelihoods run there; trajectories and schedule decisions stay
-        on the CPU (small, and what crosses processes)."""
-        return next(self.parameters()).device
-
-    def prompt_features_cpu(self, cond: torch.Tensor) -> torch.Tensor:
-        """`prompt_features` for CPU conditioning, returned on the CPU (the schedule policy's input)."""
-        return self.prompt_features(cond.to(self.device)).cpu()
 
     @abstractmethod
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:

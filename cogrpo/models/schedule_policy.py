@@ -71,6 +71,25 @@ def unit_knobs_that_move(hand_row: torch.Tensor, knobs: tuple[Knob, ...]) -> tor
     return torch.tensor([knob.bounds != "unit" or bool(_unit_moves(hand_row[k])) for k, knob in enumerate(knobs)])
 
 
+class ScheduleEncoder(nn.Module):
+    """What the schedule policy reads of a prompt, for every family: the model's prompt features through its live
+    weights, or (`prompt_input: frozen`) through a copy of them taken as the model was built, a buffer that
+    travels and is saved with the policy. A family's subclass adds `state`, what phi reads of a sample mid-decode
+    (`state_dim` features)."""
+
+    def __init__(self, model: nn.Module, config: SchedulePolicyConfig, state_dim: int):
+        super().__init__()
+        self.register_buffer("prompt_table", model.prompt_table() if config.prompt_input == "frozen" else None)
+        self.state_dim = state_dim
+        self.prompt_dim = model.prompt_feature_dim
+
+    def prompt(self, model: nn.Module, cond: torch.Tensor) -> torch.Tensor:
+        """(B, D) on the CPU, from CPU conditioning."""
+        if self.prompt_table is None:
+            return model.prompt_features_cpu(cond)
+        return model.prompt_features(cond, self.prompt_table)
+
+
 class SchedulePolicy(nn.Module):
     def __init__(self, config: SchedulePolicyConfig, knobs: tuple[Knob, ...], encoder: nn.Module):
         """encoder: the family's reader of states and prompts, with `state_dim` and `prompt_dim`."""

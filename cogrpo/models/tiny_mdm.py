@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cogrpo.data.prompts import MAX_WORDS, PAD, VOCAB, WORD_ID, null_tokens, tokenize
-from cogrpo.models.interface import MaskedTokenModel
+from cogrpo.data.prompts import MAX_WORDS, VOCAB
+from cogrpo.models.interface import MaskedTokenModel, WordPrompts
 from cogrpo.models.patch_tokenizer import PatchTokenizer
-from cogrpo.proto.config import TinyMDMArch
+from cogrpo.proto.config import TinyArch
 
 
 class Block(nn.Module):
@@ -35,17 +35,21 @@ class Block(nn.Module):
         return x + self.ff(self.ln2(x))
 
 
-@torch.no_grad()
-def mean_word_embedding(table: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-    """The mean of the prompt words' rows of `table` (padding excluded): (B, D)."""
-    words = (cond != WORD_ID[PAD]).float()
-    return (F.embedding(cond, table) * words[..., None]).sum(1) / words.sum(1, keepdim=True).clamp(min=1)
+def conv_stem(convs: nn.ModuleList, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """The residual conv stem over a (B, gh * gw, D) grid of patch embeddings (the tiny models' local bias)."""
+    if not convs:
+        return x
+    b, (gh, gw) = x.shape[0], grid
+    g = x.transpose(1, 2).reshape(b, -1, gh, gw)
+    for conv in convs:
+        g = g + F.gelu(conv(g))
+    return g.reshape(b, -1, gh * gw).transpose(1, 2)
 
 
-class TinyMDM(MaskedTokenModel):
+class TinyMDM(WordPrompts, MaskedTokenModel):
     kind = "tiny_mdm"
 
-    def __init__(self, arch: TinyMDMArch = TinyMDMArch()):
+    def __init__(self, arch: TinyArch = TinyArch()):
         super().__init__()
         self.arch = arch
         self.tokenizer = PatchTokenizer()
@@ -60,36 +64,11 @@ class TinyMDM(MaskedTokenModel):
         nn.init.normal_(self.word_emb.weight, std=0.02)
         nn.init.normal_(self.token_emb.weight, std=0.02)
 
-    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
-        return torch.tensor([tokenize(p) for p in prompts], dtype=torch.long)
-
-    def null_conditioning(self, batch: int) -> torch.Tensor:
-        return torch.tensor([null_tokens()] * batch, dtype=torch.long)
-
-    @property
-    def prompt_feature_dim(self) -> int:
-        return self.arch.d_model
-
-    @torch.no_grad()
-    def prompt_features(self, cond: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
-        """Mean word embedding over the prompt's words (padding excluded)."""
-        return mean_word_embedding(self.word_emb.weight if table is None else table, cond)
-
-    def prompt_table(self) -> torch.Tensor:
-        return self.word_emb.weight.detach().cpu().clone()
-
     def token_table(self) -> torch.Tensor:
         return self.token_emb.weight.detach().cpu().clone()
 
     def forward(self, tokens: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        b = tokens.shape[0]
-        gh, gw = self.grid
-        x = self.token_emb(tokens)
-        if self.convs:
-            g = x.transpose(1, 2).reshape(b, -1, gh, gw)
-            for conv in self.convs:
-                g = g + F.gelu(conv(g))
-            x = g.reshape(b, -1, gh * gw).transpose(1, 2)
+        x = conv_stem(self.convs, self.token_emb(tokens), self.grid)
         h = torch.cat([self.word_emb(cond), x], dim=1) + self.pos
         for block in self.blocks:
             h = block(h)

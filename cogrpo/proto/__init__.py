@@ -1,1 +1,2 @@
-"""Typed contracts: the config tree and the messages that cross process boundaries."""
+"""Contracts: the config tree, the messages that cross process boundaries, the model-family seam, the run-directory
+layout, plugins and error formatting."""

@@ -19,6 +19,8 @@ class Knob:
 
 MASKED_IMAGE_KNOBS = (Knob("remask_ratio", "unit"), Knob("temperature", "positive"),
                       Knob("remask_temperature", "positive"), Knob("guidance", "positive"))
+# step_fraction: the share of the time left (the noise level) a step removes; noise_level: the SDE's a
+FLOW_IMAGE_KNOBS = (Knob("step_fraction", "unit"), Knob("noise_level", "positive"), Knob("guidance", "positive"))
 
 
 @dataclass(frozen=True)
@@ -26,10 +28,14 @@ class FamilyInfo:
     samples: str  # what `decode` gives the rewards: "images" or "texts"
     knobs: tuple[Knob, ...]
     kinds: tuple[str, ...]  # the model.kind values of its built-in backbones
+    samplers: tuple[str, ...]  # the sampler.kind values it decodes with, its default first
+    estimators: tuple[str, ...]  # the algo.theta_likelihood values it offers
 
 
 FAMILIES: dict[str, FamilyInfo] = {
-    "masked_image": FamilyInfo("images", MASKED_IMAGE_KNOBS, ("tiny_mdm", "amused", "meissonic")),
+    "masked_image": FamilyInfo("images", MASKED_IMAGE_KNOBS, ("tiny_mdm", "amused", "meissonic"),
+                               ("maskgit", "emerge"), ("trajectory", "maskgrpo")),
+    "flow_image": FamilyInfo("images", FLOW_IMAGE_KNOBS, ("tiny_flow",), ("flow",), ("trajectory",)),
 }
 FAMILY_OF_KIND = {kind: name for name, info in FAMILIES.items() for kind in info.kinds}
 

@@ -23,7 +23,7 @@ _SHARED = ("sched_mask", "stochastic", "step_index", "schedule_steps", "seed")  
 @dataclass
 class Trajectory:
     """A batch of trajectories: the family's own record of each sample (named tensors, batch first: a masked
-    model's tokens and commit steps, a flow model's latents at trained steps, ...), and per executed step what the
+    model's tokens and commit steps, a flow model's latents and times per step, ...), and per executed step what the
     schedule policy read and did. Everything above the family sees the named tensors as opaque."""
 
     tensors: dict[str, torch.Tensor]  # the family's per-sample record
@@ -33,7 +33,7 @@ class Trajectory:
     sched_action: torch.Tensor  # (B, T, A) float: its unconstrained actions (A = 0 for a fixed schedule)
     sched_logp: torch.Tensor  # (B, T) float: their behaviour log-probs (0 for a fixed schedule)
     sched_mask: torch.Tensor  # (T, A) bool: action dimensions that could change the outcome (they alone count)
-    stochastic: torch.Tensor  # (T,) bool: steps whose actions were sampled (the others are greedy, no log-probs)
+    stochastic: torch.Tensor  # (T,) bool: steps whose actions were sampled (the others deterministic, no log-probs)
     step_index: torch.Tensor  # (T,) long: each executed step's index in the schedule (differs under flash plans)
     schedule_steps: int  # length of the schedule the step indices refer to
     seed: int  # the generator seed of this batch

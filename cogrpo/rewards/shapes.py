@@ -144,3 +144,11 @@ def geneval_summary(rows: list[dict], judgements: list[Judgement]) -> dict:
     """GenEval's overall and per-task scores, the mean strict and partial credit, and the image count."""
     return {**summarize(rows), "strict": float(np.mean([j.strict for j in judgements])),
             "partial": float(np.mean([j.partial for j in judgements])), "images": len(rows)}
+
+
+def summarize_images(records: list[dict], samples: np.ndarray) -> tuple[dict, list[dict]]:
+    """An image family's evaluation summary by the shapes judge (meaningful on the shapes world) and its rows:
+    samples (len(records) * n, H, W, 3), each record's n samples together."""
+    per_record = samples.reshape(len(records), -1, *samples.shape[1:])
+    rows, judgements = judge_generation(records, list(per_record))
+    return geneval_summary(rows, judgements), rows

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 
 @dataclass(frozen=True)
 class Slice:
@@ -33,8 +31,3 @@ def slices(samples: int, batch_size: int, seed: int, iteration: int | None) -> l
 def repeat_each(items: list, n: int) -> list:
     """Each item n times in a row: the order every sample list follows (sample k belongs to item k // n)."""
     return [item for item in items for _ in range(n)]
-
-
-def group_ids(n_prompts: int, group_size: int) -> torch.Tensor:
-    """The prompt (group) each sample of `repeat_each(prompts, group_size)` belongs to."""
-    return torch.arange(n_prompts).repeat_interleave(group_size)

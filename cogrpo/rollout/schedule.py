@@ -11,7 +11,7 @@ import torch
 from cogrpo.models.schedule_policy import PolicySchedule, SchedulePolicy
 from cogrpo.proto.config import Config
 from cogrpo.proto.family import Family
-from cogrpo.proto.messages import Decision
+from cogrpo.proto.messages import Decision, Trajectory
 
 
 class Schedule(Protocol):
@@ -23,6 +23,29 @@ class Schedule(Protocol):
 
     def decide(self, step: int, steps: int, state: torch.Tensor, prompt_feat: torch.Tensor, explore: bool,
                generator: torch.Generator, effective: torch.Tensor) -> Decision: ...
+
+
+class DecisionLog:
+    """What a sampler records of the schedule per executed step (what it read, its knobs, action, log-prob and
+    effective dimensions), turned with the family's own tensors into the Trajectory every family returns."""
+
+    def __init__(self, prompt_feat: torch.Tensor):
+        self.prompt_feat = prompt_feat
+        self.states: list[torch.Tensor] = []
+        self.decisions: list[Decision] = []
+
+    def record(self, state: torch.Tensor, decision: Decision) -> None:
+        self.states.append(state)
+        self.decisions.append(decision)
+
+    def trajectory(self, tensors: dict[str, torch.Tensor], stochastic: torch.Tensor, plan: list[int], steps: int,
+                   seed: int) -> Trajectory:
+        d = self.decisions
+        return Trajectory(
+            tensors=tensors, knobs=torch.stack([x.knobs for x in d], 1), sched_state=torch.stack(self.states, 1),
+            prompt_feat=self.prompt_feat, sched_action=torch.stack([x.action for x in d], 1),
+            sched_logp=torch.stack([x.logp for x in d], 1), sched_mask=torch.stack([x.mask for x in d]),
+            stochastic=stochastic, step_index=torch.tensor(plan), schedule_steps=steps, seed=seed)
 
 
 class HandSchedule:

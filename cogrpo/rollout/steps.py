@@ -1,6 +1,7 @@
 """Which decoding steps are trained each iteration: all; a random fraction (DanceGRPO), one subset per iteration
-or one per sample; or a MixGRPO sliding window, with the steps outside it decoded greedily or stochastically but
-untrained and, in flash mode, fewer steps after it."""
+or one per sample; or a MixGRPO sliding window, with the steps outside it decoded deterministically or
+stochastically but untrained and, in flash mode, fewer steps after it, which a flow model takes with a
+second-order solver (MixGRPO-Flash)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ class StepPlan:
     stochastic: torch.Tensor  # (len(plan),) bool: sampled steps (the others decode greedily)
     trained: list[int]  # positions in `plan` whose log-probs may enter the loss (every sample's, or any sample's)
     per_sample: tuple[str, int] | None = None  # (key, count): each sample trains its own `count` of `trained`
+    second_order: torch.Tensor | None = None  # (len(plan),) bool: deterministic steps a flow model takes by
+    # DPM-Solver++(2M) (None: none); a masked model decodes them greedily either way
 
     def trained_mask(self, samples: int) -> torch.Tensor:
         """(samples, len(plan)) bool: the steps each sample of the iteration trains (sample k: the k-th rollout)."""
@@ -37,8 +40,11 @@ def full_plan(steps: int) -> StepPlan:
     return StepPlan(list(range(steps)), torch.ones(steps, dtype=torch.bool), list(range(steps)))
 
 
-def window_start(config: StepSubsetConfig, steps: int, iteration: int) -> int:
-    """MixGRPO's progressive window: moves by `stride` every `shift_every` iterations, then stays at the end."""
+def window_start(config: StepSubsetConfig, steps: int, iteration: int, seed: int) -> int:
+    """MixGRPO's progressive window moves by `stride` every `shift_every` iterations, then stays at the end (stride
+    0: it stays at the start); its ablation's random window lands anywhere, afresh every `shift_every` iterations."""
+    if config.shift == "random":
+        return random.Random(f"{seed}:window:{iteration // config.shift_every}").randint(0, steps - config.window)
     return min((iteration // config.shift_every) * config.stride, steps - config.window)
 
 
@@ -51,7 +57,7 @@ def step_plan(config: StepSubsetConfig, steps: int, iteration: int, seed: int) -
         if config.random_per == "sample":
             return StepPlan(list(range(steps)), every, list(range(steps)), per_sample=(f"{seed}:{iteration}", k))
         return StepPlan(list(range(steps)), every, sorted(random.Random(f"{seed}:{iteration}").sample(range(steps), k)))
-    start = window_start(config, steps, iteration)
+    start = window_start(config, steps, iteration, seed)
     end = start + config.window
     after = list(range(end, steps))
     if config.flash_ratio is not None and after:
@@ -60,5 +66,8 @@ def step_plan(config: StepSubsetConfig, steps: int, iteration: int, seed: int) -
         after = sorted({after[round(i * (len(after) - 1) / max(1, keep - 1))] for i in range(keep)} | {steps - 1})
     plan = list(range(end)) + after
     inside = torch.tensor([start <= s < end for s in plan])
-    stochastic = inside if config.outside == "greedy" else torch.ones(len(plan), dtype=torch.bool)
-    return StepPlan(plan, stochastic, [i for i, s in enumerate(plan) if start <= s < end])
+    stochastic = inside if config.outside == "deterministic" else torch.ones(len(plan), dtype=torch.bool)
+    second_order = None
+    if config.flash_ratio is not None:
+        second_order = torch.tensor([s >= end for s in plan]) & ~stochastic
+    return StepPlan(plan, stochastic, [i for i, s in enumerate(plan) if start <= s < end], second_order=second_order)

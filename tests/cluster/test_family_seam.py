@@ -2,19 +2,17 @@
 (tests/toy_family.py) trains through the single-process and the Ray runtime, with the learner and runtimes as
 they are; theta's means move toward the closed-form optimum and phi learns to draw with less noise."""
 
-import os
-
 import pytest
 
 from cogrpo.cli import main
-from cogrpo.cluster.loop import trainer
 from cogrpo.proto.config import load_config
 from cogrpo.proto.errors import InputError
 
 FAMILY = ["model.family=tests.toy_family:GaussianBandit", "model.kind=null", "model.checkpoint=null"]
 TOY = [*FAMILY, "model.options={target: 1.0}",
        "rewards=[{kind: plugin, target: 'tests.toy_family:Distance', options: {target: 1.0}}]",
-       "schedule_policy.learn=null", "sampler.steps=3", "sampler.batch_size=16", "algo.group_size=8", "algo.prompts_per_iteration=4",
+       "schedule_policy.learn=null", "sampler.steps=3", "sampler.batch_size=16", "algo.group_size=8",
+       "algo.prompts_per_iteration=4",
        "algo.alternate_every=4", "algo.lr=0.2", "algo.kl_beta=0", "algo.ema_decay=0",
        "schedule_policy.lr=0.05", "train.iterations=24", "train.eval_every=24", "train.checkpoint_every=24",
        "train.eval_steps=[3]", "train.eval_at_start=true"]
@@ -26,18 +24,9 @@ def toy(eval_file, *overrides):
 
 
 @pytest.mark.parametrize("runtime", ["local", "ray"])
-def test_a_family_of_ones_own_learns_in_both_runtimes(tmp_path, eval_file, runtime):
-    if runtime == "ray":
-        ray = pytest.importorskip("ray")
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+def test_a_family_of_ones_own_learns_in_both_runtimes(tmp_path, eval_file, fit_run, runtime):
     config = toy(eval_file, f"runtime={runtime}", "cluster.rollout_cpus=0.5", "cluster.learner_cpus=0.5")
-    loop = trainer(config, str(tmp_path / runtime), log=lambda line: None)
-    try:
-        loop.fit()
-    finally:
-        loop.close()
-        if runtime == "ray":
-            ray.shutdown()
+    loop = fit_run(config, tmp_path / runtime)
     start, end = loop.run.evals[0], loop.run.evals[-1]
     assert end["distance"] < 0.6 * start["distance"], (start, end)  # theta's means moved toward the target
     assert end["reward/plugin_Distance"] > start["reward/plugin_Distance"]

@@ -3,12 +3,10 @@ first 3 iterations (rewards, losses, every learner metric) and the evaluations a
 the values measured on the commit before (tests/fixtures/smoke_parity.json, with how they were measured)."""
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
-from cogrpo.cluster.loop import trainer
 from cogrpo.proto.config import load_config
 
 FIXTURE = json.loads((Path(__file__).parents[1] / "fixtures" / "smoke_parity.json").read_text())
@@ -23,18 +21,9 @@ def same(expected, got) -> bool:
 
 
 @pytest.mark.parametrize("runtime", ["local", "ray"])
-def test_the_smoke_configs_first_iterations_are_those_of_the_commit_before(tmp_path, runtime):
-    if runtime == "ray":
-        ray = pytest.importorskip("ray")
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+def test_the_smoke_configs_first_iterations_are_those_of_the_commit_before(tmp_path, fit_run, runtime):
     config = load_config("configs/smoke-cpu.yaml", [*FIXTURE["overrides"], f"runtime={runtime}"])
-    loop = trainer(config, str(tmp_path / "run"), log=lambda line: None)
-    try:
-        loop.fit()
-    finally:
-        loop.close()
-        if runtime == "ray":
-            ray.shutdown()
+    loop = fit_run(config, tmp_path / "run")
     assert len(loop.run.metrics) == len(FIXTURE["metrics"]) == 3
     for expected, got in zip(FIXTURE["metrics"], loop.run.metrics):
         differ = {key: (value, got.get(key)) for key, value in expected.items() if not same(value, got.get(key))}

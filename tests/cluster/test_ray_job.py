@@ -34,7 +34,7 @@ def _ray(*args: str, timeout: float = 120) -> str:
     return done.stdout + done.stderr
 
 
-def _submit(address: str, command: list[str], patience_s: float = 120) -> str:
+def _submit(address: str, command: list[str], patience_s: float = 300) -> str:
     """`ray job submit`, retried while the head's job agent is still starting (Ray answers "No available agent
     to submit job, please try again later" for a while after `ray start` on a busy machine)."""
     deadline = time.time() + patience_s

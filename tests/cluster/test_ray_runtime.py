@@ -198,3 +198,12 @@ def test_one_step_off_overlaps_rollouts_and_corrects_the_stale_samples(tmp_path,
     assert [r["stale_samples"] for r in rows] == [0, rows[1]["images"], rows[2]["images"]]
     assert [r["staleness"] for r in rows] == [0.0, 1.0, 1.0]
     assert all(np.isfinite(r["loss_theta"]) and np.isfinite(r["loss_phi"]) for r in rows)
+    # one process runs the same one-step-off: the next rollout first, on the weights before the update
+    local = trainer(config.model_copy(update={"runtime": "local"}), str(tmp_path / "local"), log=lambda line: None)
+    local.fit()
+    for a, b in zip(local.run.metrics, rows, strict=True):
+        assert (a["stale_samples"], a["staleness"]) == (b["stale_samples"], b["staleness"])
+        for key in ("reward/shapes_strict", "reward/shapes_partial", "adv_std"):
+            assert a[key] == b[key], key  # the same stale samples
+        for key in ("loss_theta", "loss_phi"):  # the same correction of their staleness
+            assert a[key] == pytest.approx(b[key], abs=1e-5), key

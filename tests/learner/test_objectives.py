@@ -11,7 +11,7 @@ from cogrpo.learner.objectives import (clipped_surrogate, cosine_decay, k3_kl, p
                                       theta_objective, truncated_is_weight)
 from cogrpo.models.schedule_policy import PolicySchedule, SchedulePolicy, squash, squash_log_det
 from cogrpo.models.tiny_mdm import TinyMDM
-from cogrpo.proto.config import AlgoConfig, Config, SamplerConfig, SchedulePolicyConfig, TinyMDMArch
+from cogrpo.proto.config import AlgoConfig, Config, SamplerConfig, SchedulePolicyConfig, TinyArch
 from cogrpo.proto.kinds import MASKED_IMAGE_KNOBS
 from cogrpo.rollout.masked_image.estimators import TrajectoryReplay, maskgrpo_rates, random_mask
 from cogrpo.rollout.masked_image.family import MaskedImageFamily, effective_knobs, hand_knobs
@@ -30,7 +30,7 @@ def make_policy(model, config: SchedulePolicyConfig = SchedulePolicyConfig()) ->
 @pytest.fixture(scope="module")
 def setup():
     torch.manual_seed(0)
-    model = TinyMDM(TinyMDMArch(d_model=32, layers=1, heads=2, conv_layers=1))
+    model = TinyMDM(TinyArch(d_model=32, layers=1, heads=2, conv_layers=1))
     policy = make_policy(model)
     with torch.no_grad():  # a non-trivial policy, so its gradient test means something
         policy.net[-1].weight.normal_(0, 0.1)
@@ -139,7 +139,7 @@ def test_squashed_gaussian_log_probs_match_torch_distributions():
 
 def test_a_fresh_policy_reproduces_the_hand_schedule_exactly():
     torch.manual_seed(0)
-    model = TinyMDM(TinyMDMArch(d_model=32, layers=1, heads=2, conv_layers=1))
+    model = TinyMDM(TinyArch(d_model=32, layers=1, heads=2, conv_layers=1))
     policy = make_policy(model)
     config = SamplerConfig(guidance=1.5)
     steps = 6

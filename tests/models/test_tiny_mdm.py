@@ -4,7 +4,7 @@ from safetensors.torch import save_file
 
 from cogrpo.models.checkpoint import build_model, load_model, resolve_checkpoint_path, save_model
 from cogrpo.models.tiny_mdm import TinyMDM
-from cogrpo.proto.config import ModelConfig, TinyMDMArch
+from cogrpo.proto.config import ModelConfig, TinyArch
 from cogrpo.proto.errors import InputError
 
 
@@ -25,7 +25,7 @@ def test_null_conditioning_changes_the_output():
 
 
 def test_checkpoint_round_trip(tmp_path):
-    model = TinyMDM(TinyMDMArch(d_model=32, layers=1, heads=2, conv_layers=1))
+    model = TinyMDM(TinyArch(d_model=32, layers=1, heads=2, conv_layers=1))
     path = tmp_path / "m.safetensors"
     save_model(model, path)
     back = load_model(path)
@@ -46,7 +46,7 @@ def test_bad_checkpoints_are_clear_input_errors(tmp_path):
     junk.write_bytes(b"\x80\x04pickle, not safetensors")
     with pytest.raises(InputError, match="not a valid safetensors"):
         load_model(junk)
-    model = TinyMDM(TinyMDMArch(d_model=32, layers=1, heads=2))
+    model = TinyMDM(TinyArch(d_model=32, layers=1, heads=2))
     path = tmp_path / "m.safetensors"
     save_model(model, path)
     state = model.state_dict()

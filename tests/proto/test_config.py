@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -113,3 +114,21 @@ def test_fuzzed_config_files_either_load_or_raise_one_input_error(tmp_path_facto
     path = tmp_path_factory.mktemp("fuzz") / "config.yaml"
     path.write_bytes(content)
     _resolves_or_one_input_error(lambda: load_config(path))
+
+
+def test_the_model_family_is_implied_by_the_kind_and_recorded():
+    config = load_config("configs/smoke-cpu.yaml")
+    assert config.model.family == "masked_image"
+    assert "family: masked_image" in dump_config(config)
+    assert load_config(None, ["model.kind=amused", "model.path=/models/amused"]).model.family == "masked_image"
+    for overrides, message in [
+        (["model.family=flow"], "unknown family 'flow'"),
+        (["model.family=masked_image", "model.kind=null"], "kind None is not a backbone of family masked_image"),
+        (["model.options={depth: 3}"], "options are for a family of one's own"),
+        (["schedule_policy.learn=[noise]"], "family masked_image has no knob 'noise'"),
+        (["model.family=no.such.module:Family", "model.kind=null", "model.checkpoint=null"],
+         "cannot import plugin module no.such.module"),
+        (["rewards=[{kind: plugin, target: not-a-reference}]"], "kind plugin needs target: package.module:Class"),
+    ]:
+        with pytest.raises(InputError, match=re.escape(message)):
+            load_config("configs/smoke-cpu.yaml", overrides)

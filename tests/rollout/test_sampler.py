@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from cogrpo.models.tiny_mdm import TinyMDM
-from cogrpo.proto.config import SamplerConfig, TinyMDMArch
+from cogrpo.proto.config import SamplerConfig, TinyArch
 from cogrpo.proto.messages import Trajectory
 from cogrpo.rollout.masked_image.estimators import committed_at
 from cogrpo.rollout.masked_image.family import KNOB_NAMES, hand_knobs
@@ -18,7 +18,7 @@ PROMPTS = ["a photo of a red circle", "a photo of three squares", "a photo of a 
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return TinyMDM(TinyMDMArch(d_model=32, layers=2, heads=2, conv_layers=1)).eval()
+    return TinyMDM(TinyArch(d_model=32, layers=2, heads=2, conv_layers=1)).eval()
 
 
 def run(model, seed=0, sampler="maskgit", steps=6, **knobs):

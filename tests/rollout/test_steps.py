@@ -49,3 +49,16 @@ def test_a_random_subset_per_sample_gives_each_sample_its_own_steps_reproducibly
     assert not torch.equal(mask, step_plan(config, 8, 4, 0).trained_mask(64))  # and new each iteration
     per_iteration = step_plan(StepSubsetConfig(mode="random", fraction=0.25), 8, 3, 0).trained_mask(64)
     assert len({tuple(row.tolist()) for row in per_iteration}) == 1
+
+
+def test_the_random_window_lands_anywhere_and_holds_for_shift_every_iterations():
+    config = StepSubsetConfig(mode="window", window=2, shift_every=3, shift="random")
+    starts = [step_plan(config, 8, iteration, 0).trained[0] for iteration in range(60)]
+    assert all(starts[k] == starts[k - k % 3] for k in range(60))  # moves only every shift_every iterations
+    assert len(set(starts)) >= 5 and min(starts) >= 0 and max(starts) <= 6  # anywhere the window fits
+    assert starts == [step_plan(config, 8, iteration, 0).trained[0] for iteration in range(60)]  # reproducible
+
+
+def test_a_window_with_stride_zero_stays_at_the_start():
+    config = StepSubsetConfig(mode="window", window=2, shift_every=1, stride=0)
+    assert {tuple(step_plan(config, 8, iteration, 0).trained) for iteration in range(20)} == {(0, 1)}

@@ -12,16 +12,18 @@ from cogrpo.proto.config.base import Section
 class StepSubsetConfig(Section):
     """Which decoding steps are trained: all; a random fraction (DanceGRPO), drawn per iteration or per sample; or
     a MixGRPO sliding window of `window` steps, moved by `stride` every `shift_every` iterations, with the steps
-    outside it decoded greedily (MixGRPO's ODE segments) or stochastically but untrained, and, with `flash_ratio`,
-    fewer steps after it."""
+    outside it decoded deterministically (MixGRPO's ODE segments; a masked model's greedy decoding) or
+    stochastically but untrained, and, with `flash_ratio`, fewer steps after it (a flow model's taken by a
+    second-order solver)."""
 
     mode: Literal["all", "random", "window"] = "all"
     fraction: float = Field(0.5, gt=0, le=1)
     random_per: Literal["iteration", "sample"] = "iteration"  # random: one subset for all samples, or one each
-    outside: Literal["greedy", "stochastic"] = "greedy"  # window: how the steps outside it decode
+    outside: Literal["deterministic", "stochastic"] = "deterministic"  # window: how the steps outside it decode
     window: int = Field(4, ge=1)
     shift_every: int = Field(25, ge=1)
     stride: int = Field(1, ge=0)
+    shift: Literal["progressive", "random"] = "progressive"  # window: by stride, or anywhere (MixGRPO's ablation)
     flash_ratio: float | None = Field(None, gt=0, le=1)
 
 

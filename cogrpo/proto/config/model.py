@@ -14,7 +14,7 @@ from cogrpo.proto.kinds import FAMILIES, FAMILY_OF_KIND
 from cogrpo.proto.plugins import is_plugin_ref
 
 
-class TinyMDMArch(Section):
+class TinyArch(Section):
     d_model: int = Field(128, gt=0)
     layers: int = Field(4, gt=0)
     heads: int = Field(4, gt=0)
@@ -22,7 +22,7 @@ class TinyMDMArch(Section):
     conv_layers: int = Field(2, ge=0)
 
     @model_validator(mode="after")
-    def _heads_divide_width(self) -> TinyMDMArch:
+    def _heads_divide_width(self) -> TinyArch:
         if self.d_model % self.heads:
             raise ValueError(f"d_model {self.d_model} is not divisible by heads {self.heads}")
         return self
@@ -32,13 +32,15 @@ FOLDER_MODELS = ("amused", "meissonic")  # backbones loaded from a local folder 
 
 
 class ModelConfig(Section):
-    # masked_image (implied by kind), or "package.module:Class" for a family of one's own (importing it runs it)
+    # masked_image or flow_image (implied by kind), or "package.module:Class" for a family of one's own (importing
+    # it runs it)
     family: str | None = None
-    kind: Literal["tiny_mdm", "amused", "meissonic"] | None = "tiny_mdm"  # none for a family of one's own
-    # tiny_mdm: a safetensors file, "builtin:tiny_mdm" for the shipped checkpoint, or null for a fresh random model.
+    kind: Literal["tiny_mdm", "amused", "meissonic", "tiny_flow"] | None = "tiny_mdm"  # none: a family of one's own
+    # tiny_mdm, tiny_flow: a safetensors file, "builtin:tiny_mdm" ("builtin:tiny_flow") for the shipped checkpoint,
+    # or null for a fresh random model.
     # amused, meissonic: null for the folder's own weights, or fine-tuned ones (a safetensors file or a run directory).
     checkpoint: str | None = "builtin:tiny_mdm"
-    arch: TinyMDMArch = TinyMDMArch()  # tiny_mdm only
+    arch: TinyArch = TinyArch()  # tiny_mdm, tiny_flow: the architecture of a fresh model
     # amused: a local folder in the diffusers AmusedPipeline layout; meissonic: a local Meissonic snapshot with its
     # src/transformer.py. Contents are checked when the model is built, on the machine that builds it (a driver
     # need not hold the weights its GPU workers load).
@@ -59,6 +61,8 @@ class ModelConfig(Section):
             return data
         if is_plugin_ref(data.get("family")):
             return {"kind": None, "checkpoint": None, **data}
+        if data.get("kind") == "tiny_flow":
+            data = {"checkpoint": "builtin:tiny_flow", **data}
         if data.get("kind") in FOLDER_MODELS:
             data = {"checkpoint": None, **data}
             if data["kind"] == "meissonic":
@@ -100,11 +104,14 @@ class ModelConfig(Section):
 class SamplerConfig(Section):
     """The hand schedule and sampler; every knob can later be overridden per step by a schedule policy."""
 
-    kind: Literal["maskgit", "emerge"] = "maskgit"
+    # masked_image: maskgit or emerge; flow_image: flow. In a config file, the model family's first by default.
+    kind: Literal["maskgit", "emerge", "flow"] = "maskgit"
     steps: int = Field(8, ge=1, le=256)
     guidance: float = Field(1.0, ge=0.0)
-    temperature: float = Field(1.0, gt=0.0)
-    remask_temperature: float = Field(4.5, ge=0.0)
+    temperature: float = Field(1.0, gt=0.0)  # masked
+    remask_temperature: float = Field(4.5, ge=0.0)  # masked
+    noise_level: float = Field(0.7, ge=0.0)  # flow: the SDE steps' a in sigma_t = a sqrt(t / (1 - t))
+    time_shift: float = Field(1.0, gt=0.0)  # flow: SD3's shift of the time grid toward the noisy end
     batch_size: int = Field(64, ge=1)
 
 

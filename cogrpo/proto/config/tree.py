@@ -15,7 +15,7 @@ from cogrpo.proto.config.base import Section
 from cogrpo.proto.config.model import ModelConfig, RewardConfig, SamplerConfig, SchedulePolicyConfig
 from cogrpo.proto.config.run import ClusterConfig, EvalConfig, MetricsConfig, PretrainConfig, TrainConfig
 from cogrpo.proto.errors import InputError, clip
-from cogrpo.proto.kinds import FAMILIES, REWARD_SCORES
+from cogrpo.proto.kinds import FAMILIES, FAMILY_OF_KIND, REWARD_SCORES
 from cogrpo.proto.plugins import plugin_attribute
 
 
@@ -34,12 +34,27 @@ class Config(Section):
     cluster: ClusterConfig = ClusterConfig()
     metrics: MetricsConfig = MetricsConfig()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _sampler_follows_the_family(cls, data: Any) -> Any:
+        """sampler.kind defaults to the built-in family's first sampler (a family of one's own: maskgit, unused)."""
+        if not isinstance(data, dict) or not isinstance(data.get("sampler", {}), dict):
+            return data
+        model = data.get("model") or {}
+        kind = model.get("kind", "tiny_mdm") if isinstance(model, dict) else None
+        family = FAMILIES.get(model.get("family") if isinstance(model, dict) and model.get("family") else
+                              FAMILY_OF_KIND.get(kind) if isinstance(kind, str) else None)
+        default = family.samplers[0] if family is not None else "maskgit"
+        return {**data, "sampler": {"kind": default, **data.get("sampler", {})}}
+
     @model_validator(mode="after")
     def _consistent(self) -> Config:
         if not self.rewards:
             raise ValueError("rewards: at least one reward is needed")
         self._rewards_score_the_familys_samples()
         family = FAMILIES.get(self.model.family)
+        if family is not None:
+            self._family_offers(family)
         learn = self.schedule_policy.learn
         if family is not None and learn is not None:
             names = [knob.name for knob in family.knobs]
@@ -47,12 +62,25 @@ class Config(Section):
             if unknown:
                 raise ValueError(f"schedule_policy.learn: family {self.model.family} has no knob {unknown[0]!r} "
                                  f"(its knobs: {', '.join(names)})")
-        learns_guidance = self.model.family == "masked_image" and "guidance" in (learn or ("guidance",))
+        knobs = [knob.name for knob in family.knobs] if family is not None else []
+        learns_guidance = "guidance" in knobs and "guidance" in (learn or ("guidance",))
         if learns_guidance and self.algo.mode != "grpo" and self.sampler.guidance <= 0:
             raise ValueError("learning guidance needs sampler.guidance > 0 (the policy scales around it)")
         if self.algo.steps.mode == "window" and self.algo.steps.window > self.sampler.steps:
             raise ValueError(f"algo.steps.window {self.algo.steps.window} exceeds sampler.steps {self.sampler.steps}")
         return self
+
+    def _family_offers(self, family) -> None:
+        """The sampler and likelihood estimator must be the family's; a flow SDE step needs noise."""
+        if self.sampler.kind not in family.samplers:
+            raise ValueError(f"sampler.kind {self.sampler.kind} is not a sampler of family {self.model.family} "
+                             f"({', '.join(family.samplers)})")
+        if self.algo.theta_likelihood not in family.estimators:
+            raise ValueError(f"algo.theta_likelihood {self.algo.theta_likelihood} is not offered by family "
+                             f"{self.model.family} ({', '.join(family.estimators)})")
+        if self.sampler.kind == "flow" and self.sampler.noise_level <= 0:
+            raise ValueError("sampler.noise_level 0 makes the SDE steps deterministic: their log-prob, which "
+                             "theta trains on, is undefined (ODE steps are the step plan's, algo.steps)")
 
     def _rewards_score_the_familys_samples(self) -> None:
         """A family makes images or texts; every reward must score that kind (plugins declare theirs)."""

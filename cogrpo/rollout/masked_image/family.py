@@ -15,7 +15,7 @@ from cogrpo.proto.config import AlgoConfig, Config, SamplerConfig, SchedulePolic
 from cogrpo.proto.errors import InputError
 from cogrpo.proto.kinds import MASKED_IMAGE_KNOBS
 from cogrpo.proto.messages import Trajectory
-from cogrpo.rewards.shapes import geneval_summary, judge_generation
+from cogrpo.rewards.shapes import summarize_images
 from cogrpo.rollout.masked_image.estimators import MaskGRPO, TrajectoryReplay
 from cogrpo.rollout.masked_image.sampler import ScheduleInputs, generate
 from cogrpo.rollout.steps import StepPlan
@@ -83,8 +83,4 @@ class MaskedImageFamily:
             return MaskGRPO(algo)
         raise InputError(f"the masked image family has no likelihood estimator {name!r} (trajectory, maskgrpo)")
 
-    def summarize(self, records: list[dict], samples: np.ndarray) -> tuple[dict, list[dict]]:
-        """GenEval's summary by the shapes judge (meaningful on the shapes world) and its rows, per image."""
-        per_record = samples.reshape(len(records), -1, *samples.shape[1:])
-        rows, judgements = judge_generation(records, list(per_record))
-        return geneval_summary(rows, judgements), rows
+    summarize = staticmethod(summarize_images)

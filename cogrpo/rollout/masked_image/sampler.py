@@ -21,36 +21,28 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from cogrpo.models.interface import MaskedTokenModel
+from cogrpo.models.schedule_policy import ScheduleEncoder
 from cogrpo.proto.config import SchedulePolicyConfig
 from cogrpo.proto.kinds import MASKED_IMAGE_KNOBS
 from cogrpo.proto.messages import Trajectory
+from cogrpo.rollout.schedule import DecisionLog
 
 SAMPLERS = ("maskgit", "emerge")
 _R, _TAU, _G, _W = (tuple(knob.name for knob in MASKED_IMAGE_KNOBS).index(k)
                     for k in ("remask_ratio", "temperature", "remask_temperature", "guidance"))
 
 
-class ScheduleInputs(nn.Module):
-    """What the schedule policy reads of a masked model's decoding besides the step: the fraction still masked and,
-    with `canvas_input: pooled`, the canvas pooled through a frozen copy of the model's token embedding; the
-    prompt's features through the model's live weights, or (`prompt_input: frozen`) through a copy taken as it was
-    built. The copies are buffers: they travel and are saved with the policy that owns this module."""
+class ScheduleInputs(ScheduleEncoder):
+    """What the schedule policy reads of a masked model's decoding besides the step and the prompt: the fraction
+    still masked and, with `canvas_input: pooled`, the canvas pooled through a frozen copy of the model's token
+    embedding (a buffer, saved and sent with the policy)."""
 
     def __init__(self, model: MaskedTokenModel, config: SchedulePolicyConfig):
-        super().__init__()
-        self.register_buffer("prompt_table", model.prompt_table() if config.prompt_input == "frozen" else None)
-        self.register_buffer("token_table", model.token_table() if config.canvas_input == "pooled" else None)
-        self.state_dim = 1 + (0 if self.token_table is None else self.token_table.shape[1])
-        self.prompt_dim = model.prompt_feature_dim
-
-    def prompt(self, model: MaskedTokenModel, cond: torch.Tensor) -> torch.Tensor:
-        """(B, D) on the CPU, from CPU conditioning."""
-        if self.prompt_table is None:
-            return model.prompt_features_cpu(cond)
-        return model.prompt_features(cond, self.prompt_table)
+        table = model.token_table() if config.canvas_input == "pooled" else None
+        super().__init__(model, config, state_dim=1 + (0 if table is None else table.shape[1]))
+        self.register_buffer("token_table", table)
 
     def state(self, canvas: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
         """(B, F) on the CPU: the fraction masked, then the pooled canvas."""
@@ -140,7 +132,7 @@ def generate(model: MaskedTokenModel, cond: torch.Tensor, schedule, steps: int, 
     canvas = torch.full((b, n), model.mask_id, dtype=torch.long, device=device)
     commit_step = torch.full((b, n), len(plan), dtype=torch.long, device=device)
     token_logp = torch.zeros(b, n, device=device)
-    knobs, actions, sched_logp, states, masks = [], [], [], [], []
+    log = DecisionLog(prompt_feat)
     was_training = model.training
     model.eval()
     try:
@@ -162,19 +154,11 @@ def generate(model: MaskedTokenModel, cond: torch.Tensor, schedule, steps: int, 
             commit_step[commit] = t
             if stochastic[t]:
                 token_logp[commit] = logp_sampled[commit]
-            knobs.append(decision.knobs)
-            actions.append(decision.action)
-            sched_logp.append(decision.logp)
-            states.append(state)
-            masks.append(decision.mask)
+            log.record(state, decision)
     finally:
         model.train(was_training)
-    return Trajectory(
-        tensors={"cond": cond_cpu, "tokens": canvas.cpu(), "commit_step": commit_step.cpu(),
-                 "token_logp": token_logp.cpu()},
-        knobs=torch.stack(knobs, 1), sched_state=torch.stack(states, 1), prompt_feat=prompt_feat,
-        sched_action=torch.stack(actions, 1), sched_logp=torch.stack(sched_logp, 1), sched_mask=torch.stack(masks),
-        stochastic=stochastic, step_index=torch.tensor(plan), schedule_steps=steps, seed=seed)
+    return log.trajectory({"cond": cond_cpu, "tokens": canvas.cpu(), "commit_step": commit_step.cpu(),
+                           "token_logp": token_logp.cpu()}, stochastic, plan, steps, seed)
 
 
 def replay_log_probs(model: MaskedTokenModel, traj: Trajectory, steps: list[int],

@@ -1,0 +1,109 @@
+"""Flow learning benchmark: Flow-GRPO, Flow-GRPO-Fast, DanceGRPO, MixGRPO (progressive window), MixGRPO-Flash, the
+paper's window ablations (start only, random) and Co-GRPO's schedule policy on TinyFlow, each with the same rollouts
+(configs/flow-smoke-cpu.yaml: 8 prompts x 8 images per iteration) and seeds. Per method: seconds per iteration,
+the model's forward passes per iteration (sampling and training, over the iteration's images), and the held-out and
+training-split gains at 8 steps over the shipped model. Writes the table into BENCHMARKS.md between its markers.
+
+    .venv/bin/python benchmarks/flow_learning.py [--iterations 100] [--methods flow_grpo,mixgrpo,...] [--seeds 0,1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from learning import base_scores, write_block
+
+from cogrpo.cluster.loop import trainer
+from cogrpo.proto.config import load_config
+
+WINDOW = ["algo.steps.mode=window", "algo.steps.outside=deterministic"]
+METHODS = {
+    "flow_grpo": ["algo.steps.mode=all"],
+    "flow_grpo_fast": [*WINDOW, "algo.steps.window=2", "algo.steps.shift=random", "algo.steps.shift_every=1"],
+    "dance_grpo": ["algo.steps.mode=random", "algo.steps.fraction=0.5", "algo.steps.random_per=sample"],
+    "mixgrpo": WINDOW,
+    "mixgrpo_flash": [*WINDOW, "algo.steps.flash_ratio=0.5"],
+    "window_at_start": [*WINDOW, "algo.steps.stride=0"],
+    "random_window": [*WINDOW, "algo.steps.shift=random"],
+    "cogrpo": ["algo.mode=cogrpo", "algo.steps.mode=all"],
+}
+EVAL_STEPS = (8,)
+
+
+class ForwardCounter:
+    """Counts the rows the model runs forward (one row: one image through the model once)."""
+
+    def __init__(self):
+        self.rows = 0
+
+    def __call__(self, module, args, output):
+        self.rows += args[0].shape[0]
+
+
+def run(config) -> tuple[list[dict], list[dict], int]:
+    """The run in one process, the model's forward rows counted over its iterations (the rollouts, theta's replay
+    and the KL reference's), the evaluation after them not."""
+    loop = trainer(config, log=lambda line: None)
+    counter = ForwardCounter()
+    learner = loop.runtime.learner
+    hooks = [m.register_forward_hook(counter) for m in (loop.runtime.model, learner.reference) if m is not None]
+    try:
+        for iteration in range(config.train.iterations):
+            loop.iterate(iteration)
+        for hook in hooks:
+            hook.remove()
+        return loop.evaluate(config.train.iterations), loop.run.metrics, counter.rows
+    finally:
+        loop.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config", default="configs/flow-smoke-cpu.yaml")
+    parser.add_argument("--iterations", type=int, default=100)
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--out", default="runs/bench-flow-learning")
+    parser.add_argument("--write", default="BENCHMARKS.md")
+    args = parser.parse_args()
+    common = ["runtime=local", f"train.iterations={args.iterations}", f"train.eval_every={args.iterations}",
+              f"train.checkpoint_every={args.iterations}", f"train.eval_steps={list(EVAL_STEPS)}",
+              "train.eval_at_start=false"]
+    rows = []
+    for method in args.methods.split(","):
+        for seed in (int(s) for s in args.seeds.split(",")):
+            config = load_config(args.config, [*common, *METHODS[method], f"seed={seed}",
+                                               f"train.run_dir={args.out}/{method}-seed{seed}"])
+            base = base_scores(config, EVAL_STEPS)
+            evals, metrics, forward_rows = run(config)
+            images = sum(row["images"] for row in metrics)
+            train_s = sum(row["iteration_s"] for row in metrics)
+            scores = {(r["split"], r["steps"]): r["overall"] for r in evals}
+            row = {"method": method, "seed": seed, "s_per_iteration": round(train_s / len(metrics), 2),
+                   "forward_per_image": round(forward_rows / images, 1),
+                   **{f"{split}@{steps}": round(v, 3) for (split, steps), v in scores.items()},
+                   **{f"base {split}@{steps}": round(v, 3) for (split, steps), v in base.items()}}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    table = render(rows, args)
+    print(table)
+    write_block(Path(args.write), "flow-learning", table)
+
+
+def render(rows: list[dict], args) -> str:
+    lines = [f"`.venv/bin/python benchmarks/flow_learning.py --iterations {args.iterations} --methods {args.methods}"
+             f" --seeds {args.seeds}`", "",
+             "| method | seed | s / iteration | forward passes / image | held-out@8 (base) | gain | train@8 (base) "
+             "| gain |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        cells = [f"{r[f'{s}@8']:.3f} ({r[f'base {s}@8']:.3f}) | {r[f'{s}@8'] - r[f'base {s}@8']:+.3f}"
+                 for s in ("heldout", "train")]
+        lines.append(f"| {r['method']} | {r['seed']} | {r['s_per_iteration']} | {r['forward_per_image']} | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
