@@ -3,6 +3,8 @@ step plan, theta's likelihood of the recorded SDE transitions, the three schedul
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 
@@ -49,8 +51,8 @@ class SDEReplay:
     """theta's log-density of each trained step's recorded SDE transition (one action per step, A = 1), from the
     latent before it with the step's knobs: exactly the Gaussian the sampler drew from."""
 
-    def __init__(self, t_cap: float):
-        self.t_cap = t_cap
+    def __init__(self, t_cap: Callable[[int], float]):
+        self.t_cap = t_cap  # of a trajectory's schedule length
 
     def inputs(self, traj: Trajectory, epochs: int) -> list[dict[str, torch.Tensor]]:
         return [{}]
@@ -59,7 +61,7 @@ class SDEReplay:
         actions = traj.stochastic[torch.tensor(steps)][None, :, None].expand(traj.batch_size, -1, 1)
         if select is not None:
             actions = actions & select[..., None]
-        return ActionLogProbs(replay_log_probs(model, traj, steps, self.t_cap, select), actions)
+        return ActionLogProbs(replay_log_probs(model, traj, steps, self.t_cap(traj.schedule_steps), select), actions)
 
     def behaviour(self, traj: Trajectory, steps: list[int]) -> torch.Tensor:
         return traj.tensors["step_logp"][:, torch.tensor(steps), None]
@@ -72,10 +74,10 @@ class FlowImageFamily:
     def __init__(self, config: Config):
         self.config = config
 
-    @property
-    def t_cap(self) -> float:
-        """Where sigma's denominator is capped: the time grid's first time below 1 (Flow-GRPO's choice)."""
-        return float(time_grid(self.config.sampler.steps, self.config.sampler.time_shift)[1])
+    def t_cap(self, steps: int) -> float:
+        """Where sigma's denominator is capped: the first time below 1 of the grid a run of `steps` steps decodes on
+        (Flow-GRPO's choice)."""
+        return float(time_grid(steps, self.config.sampler.time_shift)[1])
 
     def build_model(self) -> TinyFlow:
         return build_model(self.config.model)
@@ -87,11 +89,12 @@ class FlowImageFamily:
         return hand_knobs(self.config.sampler, steps)
 
     def sample(self, model: TinyFlow, prompts: list[str], schedule, plan: StepPlan, seed: int) -> Trajectory:
-        hand = self.hand_schedule(plan.plan[-1] + 1)
+        steps = plan.plan[-1] + 1
+        hand = self.hand_schedule(steps)
         second_order = torch.zeros(len(plan.plan), dtype=torch.bool) if plan.second_order is None \
             else plan.second_order
         return generate(model, model.encode_prompts(prompts), schedule, hand, seed, plan.plan, plan.stochastic,
-                        effective_knobs(hand, plan), second_order, self.t_cap)
+                        effective_knobs(hand, plan), second_order, self.t_cap(steps))
 
     def decode(self, model: TinyFlow, traj: Trajectory) -> np.ndarray:
         return model.decode_images(traj.tensors["latents"][:, -1])
