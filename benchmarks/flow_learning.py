@@ -1,10 +1,13 @@
-"""Flow learning benchmark: Flow-GRPO, Flow-GRPO-Fast, DanceGRPO, MixGRPO (progressive window), MixGRPO-Flash, the
-paper's window ablations (start only, random) and Co-GRPO's schedule policy on TinyFlow, each with the same rollouts
-(configs/flow-smoke-cpu.yaml: 8 prompts x 8 images per iteration) and seeds. Per method: seconds per iteration,
-the model's forward passes per iteration (sampling and training, over the iteration's images), and the held-out and
-training-split gains at 8 steps over the shipped model. Writes the table into BENCHMARKS.md between its markers.
+"""Flow learning benchmark: Flow-GRPO, Flow-GRPO-Fast, DanceGRPO, MixGRPO (progressive window), MixGRPO-Flash and
+Flash*, the paper's window ablations (start only, random), Co-GRPO's schedule policy and DiffusionNFT on TinyFlow,
+each with the same rollouts (configs/flow-smoke-cpu.yaml: 8 prompts x 8 images per iteration) and seeds. The window
+moves every iterations / positions iterations, so a progressive window crosses every position within the run (the
+paper's shift_every is for runs of hundreds of iterations). Per method: seconds per iteration, the model's forward
+passes per image (sampling and training), and the held-out and training-split gains at 8 steps over the shipped
+model. Writes the table into BENCHMARKS.md between its markers.
 
     .venv/bin/python benchmarks/flow_learning.py [--iterations 100] [--methods flow_grpo,mixgrpo,...] [--seeds 0,1]
+                                                 [--set KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -25,9 +28,11 @@ METHODS = {
     "dance_grpo": ["algo.steps.mode=random", "algo.steps.fraction=0.5", "algo.steps.random_per=sample"],
     "mixgrpo": WINDOW,
     "mixgrpo_flash": [*WINDOW, "algo.steps.flash_ratio=0.5"],
+    "mixgrpo_flash_star": [*WINDOW, "algo.steps.stride=0", "algo.steps.flash_ratio=0.25"],
     "window_at_start": [*WINDOW, "algo.steps.stride=0"],
     "random_window": [*WINDOW, "algo.steps.shift=random"],
     "cogrpo": ["algo.mode=cogrpo", "algo.steps.mode=all"],
+    "diffusion_nft": ["algo.theta_objective=nft", "algo.steps.mode=none"],
 }
 EVAL_STEPS = (8,)
 
@@ -67,8 +72,13 @@ def main() -> None:
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--out", default="runs/bench-flow-learning")
     parser.add_argument("--write", default="BENCHMARKS.md")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override applied to every method (repeatable)")
     args = parser.parse_args()
-    common = ["runtime=local", f"train.iterations={args.iterations}", f"train.eval_every={args.iterations}",
+    defaults = load_config(args.config, args.set)
+    positions = defaults.sampler.steps - defaults.algo.steps.window + 1
+    common = ["runtime=local", *args.set, f"algo.steps.shift_every={max(1, args.iterations // positions)}",
+              f"train.iterations={args.iterations}", f"train.eval_every={args.iterations}",
               f"train.checkpoint_every={args.iterations}", f"train.eval_steps={list(EVAL_STEPS)}",
               "train.eval_at_start=false"]
     rows = []
@@ -93,8 +103,9 @@ def main() -> None:
 
 
 def render(rows: list[dict], args) -> str:
+    sets = "".join(f" --set {assignment}" for assignment in args.set)
     lines = [f"`.venv/bin/python benchmarks/flow_learning.py --iterations {args.iterations} --methods {args.methods}"
-             f" --seeds {args.seeds}`", "",
+             f" --seeds {args.seeds}{sets}`", "",
              "| method | seed | s / iteration | forward passes / image | held-out@8 (base) | gain | train@8 (base) "
              "| gain |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
@@ -102,7 +113,34 @@ def render(rows: list[dict], args) -> str:
                  for s in ("heldout", "train")]
         lines.append(f"| {r['method']} | {r['seed']} | {r['s_per_iteration']} | {r['forward_per_image']} | "
                      + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines + ["", *relations(rows)])
+
+
+def relations(rows: list[dict]) -> list[str]:
+    """The MixGRPO paper's relations, each said to hold or not on these rows (means over seeds)."""
+    def mean(method: str, key: str) -> float | None:
+        values = [r[key] - r.get(f"base {key}", 0) if "@" in key else r[key] for r in rows if r["method"] == method]
+        return sum(values) / len(values) if values else None
+
+    gain, speed = (lambda m: mean(m, "heldout@8")), (lambda m: mean(m, "s_per_iteration"))
+    claims = [
+        ("MixGRPO's held-out gain is at least Flow-GRPO's and DanceGRPO's",
+         ["mixgrpo", "flow_grpo", "dance_grpo"], lambda: gain("mixgrpo") >= max(gain("flow_grpo"), gain("dance_grpo"))),
+        ("MixGRPO takes at most 0.5x Flow-GRPO's time per iteration", ["mixgrpo", "flow_grpo"],
+         lambda: speed("mixgrpo") <= 0.5 * speed("flow_grpo")),
+        ("MixGRPO-Flash takes at most 0.35x Flow-GRPO's time per iteration", ["mixgrpo_flash", "flow_grpo"],
+         lambda: speed("mixgrpo_flash") <= 0.35 * speed("flow_grpo")),
+        ("the progressive window's held-out gain beats the random window's and the start-only window's",
+         ["mixgrpo", "random_window", "window_at_start"],
+         lambda: gain("mixgrpo") > max(gain("random_window"), gain("window_at_start"))),
+    ]
+    out = []
+    for claim, methods, holds in claims:
+        if any(mean(m, "s_per_iteration") is None for m in methods):
+            continue
+        numbers = ", ".join(f"{m} {gain(m):+.3f} at {speed(m):.2f} s" for m in methods)
+        out.append(f"- {claim}: **{'holds' if holds() else 'does not hold'}** ({numbers}).")
+    return out
 
 
 if __name__ == "__main__":

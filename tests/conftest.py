@@ -165,6 +165,69 @@ def tiny_amused(tmp_path_factory, tiny_pipeline_parts):
 
 
 @pytest.fixture(scope="session")
+def tiny_sd3(tmp_path_factory, clip_tokenizer):
+    """A tiny random-weight SD3 folder of the real architecture (MMDiT, two CLIP towers, T5, a two-level VAE),
+    saved in StableDiffusion3Pipeline's layout: 8x8x4 latents, 16 px images, scheduler shift 3."""
+    import string
+
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, \
+        StableDiffusion3Pipeline
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel, T5TokenizerFast
+
+    torch.manual_seed(0)
+
+    def clip():
+        return CLIPTextModelWithProjection(CLIPTextConfig(
+            vocab_size=len(clip_tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+            num_attention_heads=2, max_position_embeddings=clip_tokenizer.model_max_length, projection_dim=16,
+            bos_token_id=clip_tokenizer.bos_token_id, eos_token_id=clip_tokenizer.eos_token_id,
+            pad_token_id=clip_tokenizer.pad_token_id))
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0),
+              *((c, -1.0) for c in string.ascii_lowercase)]  # T5's layout: pad, eos, unk, then the vocabulary
+    t5_tokenizer = T5TokenizerFast(vocab=pieces, extra_ids=0)
+    t5 = T5EncoderModel(T5Config(vocab_size=len(pieces), d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4))
+    transformer = SD3Transformer2DModel(
+        sample_size=8, patch_size=2, in_channels=4, out_channels=4, num_layers=1, attention_head_dim=8,
+        num_attention_heads=2, caption_projection_dim=16, joint_attention_dim=32, pooled_projection_dim=32,
+        pos_embed_max_size=16)
+    vae = AutoencoderKL(
+        block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=4, layers_per_block=1,
+        shift_factor=0.06, scaling_factor=1.5, use_quant_conv=False, use_post_quant_conv=False)
+    path = tmp_path_factory.mktemp("tiny_sd3")
+    StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae,
+        text_encoder=clip(), tokenizer=clip_tokenizer, text_encoder_2=clip(), tokenizer_2=clip_tokenizer,
+        text_encoder_3=t5, tokenizer_3=t5_tokenizer).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_flux(tmp_path_factory, clip_tokenizer, tiny_sd3):
+    """A tiny random-weight FLUX.1-dev folder of the real architecture (double- and single-stream blocks, guidance
+    embedding, CLIP-L pooled and T5 text, a two-level VAE), saved in FluxPipeline's layout: 8x8x4 latents packed
+    as 16 positions of 16, 16 px images. Its T5 and VAE are the tiny SD3's; its CLIP has no projection."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel, \
+        StableDiffusion3Pipeline
+    from transformers import CLIPTextModel
+
+    sd3 = StableDiffusion3Pipeline.from_pretrained(tiny_sd3, local_files_only=True)
+    torch.manual_seed(0)
+    clip = CLIPTextModel(sd3.text_encoder.config)
+    transformer = FluxTransformer2DModel(
+        in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=8, num_attention_heads=2,
+        joint_attention_dim=32, pooled_projection_dim=16, guidance_embeds=True, axes_dims_rope=(2, 2, 4))
+    scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                                base_image_seq_len=4, max_image_seq_len=64)
+    path = tmp_path_factory.mktemp("tiny_flux")
+    FluxPipeline(transformer=transformer, scheduler=scheduler, vae=sd3.vae, text_encoder=clip,
+                 tokenizer=sd3.tokenizer, text_encoder_2=sd3.text_encoder_3, tokenizer_2=sd3.tokenizer_3
+                 ).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def tiny_clip_folder(tmp_path_factory, clip_tokenizer):
     """A tiny random-weight CLIP (model + processor) saved the way transformers saves a real one."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor

@@ -74,6 +74,17 @@ GOOD = jsonl(single_object("square"), colors("red", "circle"))
     (["eval", "--config", FLOW, "--set", "sampler.kind=maskgit"], "not a sampler of family flow_image (flow)", {}),
     (["eval", "--config", FLOW, "--set", "algo.theta_likelihood=maskgrpo"], "not offered by family flow_image", {}),
     (["eval", "--set", "sampler.kind=flow"], "sampler.kind flow is not a sampler of family masked_image", {}),
+    (["eval", "--set", "algo.mode=grpo", "--set", "algo.theta_objective=nft"],
+     "algo.theta_objective nft is not offered by family masked_image (clipped)", {}),
+    (["eval", "--config", FLOW, "--set", "algo.steps.mode=none"], "algo.steps.mode none samples no step", {}),
+    (["eval", "--set", "model.resolution=512"], "resolution is only for kinds meissonic, sd3 and flux", {}),
+    (["eval", "--config", FLOW, "--set", "model.kind=sd3", "--set", "model.path=/m", "--set",
+      "model.embedded_guidance=3"], "checkpoint builtin:tiny_flow is a shipped tiny model's, not sd3 weights", {}),
+    (["eval", "--config", FLOW, "--set", "model.kind=sd3", "--set", "model.path=/m", "--set", "model.checkpoint=null",
+      "--set", "model.embedded_guidance=3"], "embedded_guidance is only for kind flux", {}),
+    (["eval", "--set", "sampler.shared_noise=true"], "the maskgit sampler starts from no noise", {}),
+    (["eval", "--config", FLOW, "--set", "sampler.shared_noise=true", "--set", "sampler.batch_size=12"],
+     "sampler.batch_size (12) to be a multiple of the samples per prompt (8)", {}),
 ])
 def test_bad_configs(argv, message, files, workdir, capsys):
     err = fails(argv, message, workdir, capsys, files)

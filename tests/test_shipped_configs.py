@@ -14,7 +14,8 @@ from cogrpo.data.prompts import colors, two_object
 from cogrpo.proto.config import load_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-GPU_CONFIGS = ["amused-1gpu.yaml", "meissonic-8gpu.yaml", "meissonic-multinode.yaml"]
+GPU_CONFIGS = ["amused-1gpu.yaml", "meissonic-8gpu.yaml", "meissonic-multinode.yaml", "sd3-1gpu.yaml",
+               "flux-8gpu.yaml"]
 GPUS_PER_NODE = 8
 
 
@@ -28,9 +29,9 @@ def pools(cluster) -> dict[str, tuple[int, float, dict[str, float]]]:
 @pytest.mark.parametrize("name", GPU_CONFIGS)
 def test_gpu_configs_resolve_with_local_absolute_paths_and_every_worker_busy(name):
     config = load_config(CONFIGS / name)
-    assert config.runtime == "ray" and config.model.kind in ("amused", "meissonic")
+    assert config.runtime == "ray" and config.model.kind in ("amused", "meissonic", "sd3", "flux")
     assert Path(config.model.path).is_absolute() and config.model.checkpoint is None
-    assert all(Path(r.path).is_absolute() for r in config.rewards) and len(config.rewards) == 2
+    assert all(Path(r.path).is_absolute() for r in config.rewards) and len(config.rewards) >= 2
     assert config.sampler.steps in config.train.eval_steps and config.eval.steps == config.sampler.steps
     batches = config.algo.rollout_prompts * config.algo.samples_per_prompt / config.sampler.batch_size
     assert batches == int(batches) and batches % config.cluster.rollout_workers == 0  # equal work per worker
@@ -46,15 +47,41 @@ def test_amused_1gpu_shares_one_gpu_and_keeps_amused_pipeline_defaults():
     assert (s.steps, s.guidance, s.remask_temperature, s.temperature) == (12, 9.0, 2.0, 1.0)
 
 
-def test_meissonic_8gpu_gives_every_actor_its_own_gpu_on_one_node():
-    config = load_config(CONFIGS / "meissonic-8gpu.yaml")
+def test_sd3_1gpu_shares_one_gpu_with_flow_grpos_sd35_sampling_and_mixgrpos_window():
+    config = load_config(CONFIGS / "sd3-1gpu.yaml")
+    c = config.cluster
+    assert sum(n * gpus for n, gpus, _ in pools(c).values()) == 1 and c.weight_sync == "object_store"
+    s, steps = config.sampler, config.algo.steps
+    assert (s.steps, s.guidance, s.noise_level, s.time_shift, s.shared_noise) == (10, 3.5, 0.7, 3.0, True)
+    assert (steps.mode, steps.window, steps.outside) == ("window", 4, "deterministic")
+    assert config.model.resolution == 512 and config.sampler.batch_size % config.algo.group_size == 0
+
+
+def one_node_one_gpu_per_actor(name: str, zero_stage: int):
+    """The config, after checking that its actors fill one 8-GPU node, a GPU each, and its learner's ZeRO stage."""
+    config = load_config(CONFIGS / name)
     c = config.cluster
     assert sum(n * gpus for n, gpus, _ in pools(c).values()) == GPUS_PER_NODE
     assert all(gpus == 1 and not resources for _, gpus, resources in pools(c).values())
-    assert c.zero_stage == 2 and c.weight_sync == "collective"
+    assert c.zero_stage == zero_stage and c.weight_sync == "collective"
+    return config
+
+
+def test_meissonic_8gpu_gives_every_actor_its_own_gpu_on_one_node():
+    config = one_node_one_gpu_per_actor("meissonic-8gpu.yaml", zero_stage=2)
     m, s = config.model, config.sampler
     assert (m.kind, m.trust_folder_code, m.resolution) == ("meissonic", True, 1024)
     assert (s.steps, s.guidance, s.remask_temperature) == (48, 8.0, 2.0)  # Meissonic's 48 steps, CFG 9, (2, 0)
+
+
+def test_flux_8gpu_gives_every_actor_its_own_gpu_with_mixgrpos_flux_setup():
+    config = one_node_one_gpu_per_actor("flux-8gpu.yaml", zero_stage=3)
+    s, steps, algo = config.sampler, config.algo.steps, config.algo
+    assert (config.model.kind, config.model.embedded_guidance, s.guidance) == ("flux", 3.5, 0.0)
+    assert (s.steps, s.noise_level, s.time_shift, s.shared_noise) == (25, 0.7, 3.0, True)
+    assert (steps.mode, steps.window, steps.shift_every, steps.stride) == ("window", 4, 25, 1)
+    assert (algo.group_size, algo.kl_beta, algo.clip_eps) == (12, 0.0, 1e-4)
+    assert sorted(r.kind for r in config.rewards) == ["clip", "hps", "image_reward"]
 
 
 def test_meissonic_multinode_puts_each_pool_on_its_own_full_nodes():
@@ -80,10 +107,14 @@ def test_meissonic_multinode_puts_each_pool_on_its_own_full_nodes():
     assert learner_node == "learner_node" and "configs/meissonic-multinode.yaml" in kuberay
 
 
-def test_amused_1gpu_config_trains_two_iterations_on_cpu_with_tiny_models(tmp_path, tiny_amused, tiny_clip_folder,
-                                                                          tiny_hps, single_thread):
-    """The config as shipped, with --set swapping in tiny local models, the local runtime and tiny sizes."""
-    folder = tiny_amused(sample_size=4, vq_levels=3)  # 16 px images: the shapes judge of the eval reads 16 px
+@pytest.mark.parametrize("name", ["amused-1gpu.yaml", "sd3-1gpu.yaml"])
+def test_one_gpu_configs_train_two_iterations_on_cpu_with_tiny_models(name, tmp_path, tiny_amused, tiny_sd3,
+                                                                      tiny_clip_folder, tiny_hps, single_thread):
+    """The config as shipped, with --set swapping in tiny local models (16 px images: the shapes judge of the eval
+    reads 16 px), the local runtime and tiny sizes."""
+    folder, sizes = (tiny_sd3, ["model.resolution=16", "sampler.steps=4", "algo.steps.window=2",
+                                "train.eval_steps=[4]", "eval.steps=4"]) if name == "sd3-1gpu.yaml" else \
+        (tiny_amused(sample_size=4, vq_levels=3), [])
     arch, _, hps = tiny_hps
     rewards = [{"kind": "hps", "path": str(hps), "arch": arch, "weight": 1.0},
                {"kind": "clip", "path": str(tiny_clip_folder), "weight": 0.5}]
@@ -92,9 +123,9 @@ def test_amused_1gpu_config_trains_two_iterations_on_cpu_with_tiny_models(tmp_pa
     overrides = ["runtime=local", f"model.path={folder}", f"rewards={json.dumps(rewards)}",
                  "cluster.rollout_gpus=0", "cluster.reward_gpus=0", "cluster.learner_gpus=0", "threads=1",
                  "train.iterations=2", "algo.group_size=2", "algo.prompts_per_iteration=2", "algo.minibatch=4",
-                 "sampler.batch_size=4", f"train.eval_metadata={{tiny: {metadata}}}"]
+                 "sampler.batch_size=4", f"train.eval_metadata={{tiny: {metadata}}}", *sizes]
     run = tmp_path / "run"
-    args = ["train", "--config", str(CONFIGS / "amused-1gpu.yaml"), "--run-dir", str(run)]
+    args = ["train", "--config", str(CONFIGS / name), "--run-dir", str(run)]
     assert main(args + [arg for o in overrides for arg in ("--set", o)]) == 0
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in rows] == [1, 2]

@@ -27,7 +27,7 @@ from cogrpo.proto.errors import FaultError
 from cogrpo.proto.family import Family
 from cogrpo.proto.layout import mark_latest
 from cogrpo.rewards.registry import Terms, mask_unscored, reward_stats
-from cogrpo.rollout.steps import StepPlan, step_plan
+from cogrpo.rollout.steps import StepPlan, rollout_plan
 
 Handle = TypeVar("Handle")
 
@@ -144,7 +144,7 @@ class TrainingLoop:
         (one-step-off) and a resumed run needs no prompt-sampler state."""
         config, algo = self.config, self.config.algo
         return (training_records(config.seed, iteration, algo.rollout_prompts, self.pool),
-                step_plan(algo.steps, config.sampler.steps, iteration, config.seed))
+                rollout_plan(config, iteration))
 
     def fit(self) -> list[dict]:
         """The loop: an iteration at a time, then evaluations and checkpoints on their schedule. With

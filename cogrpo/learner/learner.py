@@ -77,6 +77,8 @@ class Learner:
                  reference: torch.nn.Module | None = None):
         self.model, self.policy, self.algo = model, policy, config.algo
         self.estimator = family.estimator(config.algo.theta_likelihood, config.algo)
+        self.forward = None if config.algo.theta_objective == "clipped" else \
+            family.forward_objective(config.algo.theta_objective, config.algo)
         self.iterations = config.train.iterations
         self.theta_step = theta_step or TorchStep(list(model.parameters()), theta_optimizer(model, config.algo),
                                                   config.algo.grad_clip)
@@ -101,7 +103,7 @@ class Learner:
         traj, adv, trained = batch.traj.select(usable), batch.advantages[usable].float(), batch.trained[usable]
         steps = [t for t in range(traj.steps) if bool(trained[:, t].any()) and traj.stochastic[t]]
         metrics: dict = {"train_theta": train_theta, "train_phi": train_phi, "usable": len(usable)}
-        if len(usable) == 0 or not steps:
+        if len(usable) == 0 or not (steps or self.forward):
             return metrics
         select = trained[:, steps]
         phi_old = None
@@ -113,8 +115,9 @@ class Learner:
             metrics["lr_theta"] = theta_lr(self.algo, iteration, self.iterations)
             for group in self.theta_step.optimizer.param_groups:
                 group["lr"] = metrics["lr_theta"]
-            rows += self._update_theta(traj, adv, steps, select, stale)
-        if train_phi:
+            rows += self._update_theta(traj, adv, steps, select, stale) if self.forward is None else \
+                self._update_theta_forward(traj, adv)
+        if train_phi and steps:
             for _, chunks in self._minibatches(traj, self.phi_epochs):
                 for chunk in chunks:
                     loss, m = phi_objective(self.policy, traj.select(chunk), adv[chunk], steps, select[chunk],
@@ -136,19 +139,41 @@ class Learner:
         if behaviour is None or stale:
             with torch.no_grad():
                 olds = [estimator.log_probs(self.model, traj, steps, view, select).logp for view in inputs]
-        self.model.train()
         rows = []
-        for epoch, chunks in self._minibatches(traj, algo.inner_epochs):
+        for epoch, chunk, mb, mb_view in self._theta_minibatches(traj, inputs):
+            scored = estimator.log_probs(self.model, mb, steps, mb_view, select[chunk])
+            old = behaviour[chunk] if olds is None else olds[epoch % len(olds)][chunk]
+            ref_logp = None
+            if self.reference is not None:
+                with torch.no_grad():
+                    ref_logp = estimator.log_probs(self.reference, mb, steps, mb_view, select[chunk]).logp
+            mb_behaviour = None if behaviour is None else behaviour[chunk]
+            loss, m = theta_objective(scored.logp, scored.mask, old, mb_behaviour, adv[chunk], algo, ref_logp)
+            rows.append({**m, "loss_theta": loss.item(), "grad_norm_theta": self.theta_step(loss)})
+        return rows
+
+    def _update_theta_forward(self, traj: Trajectory, adv: torch.Tensor) -> list[dict]:
+        """Inner epochs of a likelihood-free objective's steps on theta; the old predictions are theta's before
+        this update (the samples' policy when they are fresh), on identical inputs."""
+        objective = self.forward
+        inputs = objective.inputs(traj, self.algo.inner_epochs)
+        with torch.no_grad():
+            olds = [objective.prediction(self.model, traj, view) for view in inputs]
+        rows = []
+        for epoch, chunk, mb, mb_view in self._theta_minibatches(traj, inputs):
+            old = olds[epoch % len(olds)][chunk]
+            reference = None
+            if self.reference is not None:
+                with torch.no_grad():
+                    reference = objective.prediction(self.reference, mb, mb_view)
+            loss, m = objective.loss(self.model, mb, mb_view, old, adv[chunk], reference)
+            rows.append({**m, "loss_theta": loss.item(), "grad_norm_theta": self.theta_step(loss)})
+        return rows
+
+    def _theta_minibatches(self, traj: Trajectory, inputs: list[dict[str, torch.Tensor]]):
+        """(epoch, chunk, the chunk's trajectories, its share of the epoch's inputs), theta in training mode."""
+        self.model.train()
+        for epoch, chunks in self._minibatches(traj, self.algo.inner_epochs):
             view = inputs[epoch % len(inputs)]
             for chunk in chunks:
-                mb, mb_view = traj.select(chunk), {k: v[chunk] for k, v in view.items()}
-                scored = estimator.log_probs(self.model, mb, steps, mb_view, select[chunk])
-                old = behaviour[chunk] if olds is None else olds[epoch % len(olds)][chunk]
-                ref_logp = None
-                if self.reference is not None:
-                    with torch.no_grad():
-                        ref_logp = estimator.log_probs(self.reference, mb, steps, mb_view, select[chunk]).logp
-                mb_behaviour = None if behaviour is None else behaviour[chunk]
-                loss, m = theta_objective(scored.logp, scored.mask, old, mb_behaviour, adv[chunk], algo, ref_logp)
-                rows.append({**m, "loss_theta": loss.item(), "grad_norm_theta": self.theta_step(loss)})
-        return rows
+                yield epoch, chunk, traj.select(chunk), {k: v[chunk] for k, v in view.items()}

@@ -62,6 +62,14 @@ def _load_folder_model(config: ModelConfig) -> torch.nn.Module:
         from cogrpo.models.amused import load_amused
 
         return load_amused(config.path)
+    if config.kind == "sd3":
+        from cogrpo.models.sd3 import load_sd3
+
+        return load_sd3(config.path, config.resolution)
+    if config.kind == "flux":
+        from cogrpo.models.flux import load_flux
+
+        return load_flux(config.path, config.resolution, config.embedded_guidance)
     from cogrpo.models.meissonic import load_meissonic
 
     return load_meissonic(config.path, config.resolution, config.trust_folder_code)
@@ -70,7 +78,7 @@ def _load_folder_model(config: ModelConfig) -> torch.nn.Module:
 def build_model(config: ModelConfig) -> torch.nn.Module:
     """The configured model. TinyMDM, TinyFlow: loaded from a checkpoint (whose metadata fixes the architecture), or
     fresh.
-    aMUSEd, Meissonic: their local folder, then the fine-tuned transformer weights of `checkpoint` if one is named."""
+    aMUSEd, Meissonic, SD3, FLUX: their local folder, then the fine-tuned transformer weights of `checkpoint` if one is named."""
     if config.kind in FOLDER_MODELS:
         model = _load_folder_model(config)
         if config.checkpoint is not None:

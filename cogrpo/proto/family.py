@@ -48,6 +48,23 @@ class Estimator(Protocol):
         estimator's scores are not the sampler's (they are then computed from the model before the update)."""
 
 
+class ForwardObjective(Protocol):
+    """A likelihood-free objective for theta on the forward (noising) process of the finished samples
+    (DiffusionNFT): no per-step log-probs, so rollouts may be decoded by any solver."""
+
+    def inputs(self, traj: Trajectory, epochs: int) -> list[dict[str, torch.Tensor]]:
+        """Per inner epoch, the per-sample noising draws, taken once so that the old, reference and current models
+        see identical inputs."""
+
+    def prediction(self, model: torch.nn.Module, traj: Trajectory, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The model's prediction on those inputs (differentiable; callers take the old and reference ones under
+        no_grad)."""
+
+    def loss(self, model: torch.nn.Module, traj: Trajectory, inputs: dict[str, torch.Tensor], old: torch.Tensor,
+             advantages: torch.Tensor, reference: torch.Tensor | None) -> tuple[torch.Tensor, dict]:
+        """The objective on a minibatch, given the old (and reference) predictions; (loss, metrics)."""
+
+
 class Family(Protocol):
     samples: str
     knobs: tuple[Knob, ...]
@@ -72,6 +89,10 @@ class Family(Protocol):
 
     def estimator(self, name: str, algo: Any) -> Estimator:
         """theta's likelihood estimator `name` (algo.theta_likelihood)."""
+
+    def forward_objective(self, name: str, algo: Any) -> ForwardObjective:
+        """theta's likelihood-free objective `name` (algo.theta_objective other than "clipped"); a family without
+        one raises InputError."""
 
     def summarize(self, records: list[dict], samples: Any) -> tuple[dict, list[dict]]:
         """An evaluation's family-specific summary and per-sample rows (GenEval's on the shapes world; may be

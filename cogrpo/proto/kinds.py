@@ -30,12 +30,14 @@ class FamilyInfo:
     kinds: tuple[str, ...]  # the model.kind values of its built-in backbones
     samplers: tuple[str, ...]  # the sampler.kind values it decodes with, its default first
     estimators: tuple[str, ...]  # the algo.theta_likelihood values it offers
+    objectives: tuple[str, ...] = ("clipped",)  # the algo.theta_objective values it offers
 
 
 FAMILIES: dict[str, FamilyInfo] = {
     "masked_image": FamilyInfo("images", MASKED_IMAGE_KNOBS, ("tiny_mdm", "amused", "meissonic"),
                                ("maskgit", "emerge"), ("trajectory", "maskgrpo")),
-    "flow_image": FamilyInfo("images", FLOW_IMAGE_KNOBS, ("tiny_flow",), ("flow",), ("trajectory",)),
+    "flow_image": FamilyInfo("images", FLOW_IMAGE_KNOBS, ("tiny_flow", "sd3", "flux"), ("flow",), ("trajectory",),
+                             ("clipped", "nft")),
 }
 FAMILY_OF_KIND = {kind: name for name, info in FAMILIES.items() for kind in info.kinds}
 

@@ -1,17 +1,17 @@
 """Which decoding steps are trained each iteration: all; a random fraction (DanceGRPO), one subset per iteration
 or one per sample; or a MixGRPO sliding window, with the steps outside it decoded deterministically or
 stochastically but untrained and, in flash mode, fewer steps after it, which a flow model takes with a
-second-order solver (MixGRPO-Flash)."""
+second-order solver (MixGRPO-Flash); or none, every step deterministic (a likelihood-free objective's rollouts)."""
 
 from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
-from cogrpo.proto.config import StepSubsetConfig
+from cogrpo.proto.config import Config, StepSubsetConfig
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,7 @@ class StepPlan:
     per_sample: tuple[str, int] | None = None  # (key, count): each sample trains its own `count` of `trained`
     second_order: torch.Tensor | None = None  # (len(plan),) bool: deterministic steps a flow model takes by
     # DPM-Solver++(2M) (None: none); a masked model decodes them greedily either way
+    noise_group: int = 1  # consecutive samples of a batch that start from the same noise (a flow model's)
 
     def trained_mask(self, samples: int) -> torch.Tensor:
         """(samples, len(plan)) bool: the steps each sample of the iteration trains (sample k: the k-th rollout)."""
@@ -51,6 +52,8 @@ def window_start(config: StepSubsetConfig, steps: int, iteration: int, seed: int
 def step_plan(config: StepSubsetConfig, steps: int, iteration: int, seed: int) -> StepPlan:
     if config.mode == "all":
         return full_plan(steps)
+    if config.mode == "none":
+        return StepPlan(list(range(steps)), torch.zeros(steps, dtype=torch.bool), [])
     if config.mode == "random":
         k = max(1, round(config.fraction * steps))
         every = torch.ones(steps, dtype=torch.bool)
@@ -71,3 +74,9 @@ def step_plan(config: StepSubsetConfig, steps: int, iteration: int, seed: int) -
     if config.flash_ratio is not None:
         second_order = torch.tensor([s >= end for s in plan]) & ~stochastic
     return StepPlan(plan, stochastic, [i for i, s in enumerate(plan) if start <= s < end], second_order=second_order)
+
+
+def rollout_plan(config: Config, iteration: int) -> StepPlan:
+    """An iteration's step plan, with its groups' starting noise shared where the sampler asks."""
+    plan = step_plan(config.algo.steps, config.sampler.steps, iteration, config.seed)
+    return replace(plan, noise_group=config.algo.samples_per_prompt) if config.sampler.shared_noise else plan

@@ -39,3 +39,11 @@ def test_the_update_trains_the_window_and_moves_theta(runs):
     assert all(row["train_theta"] and not row["train_phi"] for row in rows)  # MixGRPO: theta alone
     assert any(row["grad_norm_theta"] > 0 for row in rows)
     assert rows[-1]["weight_version"] == 2
+
+
+def test_diffusion_nft_trains_tinyflow_on_all_ode_rollouts(tmp_path, eval_file):
+    config = load_config("configs/flow-smoke-cpu.yaml", [*SHORT, "algo.theta_objective=nft", "algo.steps.mode=none",
+                                                         f"train.eval_metadata={{heldout: {eval_file}}}"])
+    rows = fit_loop(config, tmp_path).run.metrics
+    assert all(row["grad_norm_theta"] > 0 and row["nft_positive"] > 0 for row in rows)
+    assert rows[-1]["weight_version"] == 2

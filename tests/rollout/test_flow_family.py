@@ -10,7 +10,7 @@ from cogrpo.proto.config import resolve_config
 from cogrpo.rollout.flow_image.family import hand_knobs
 from cogrpo.rollout.flow_image.solvers import time_grid
 from cogrpo.rollout.schedule import HandSchedule, schedule_for
-from cogrpo.rollout.steps import full_plan, step_plan
+from cogrpo.rollout.steps import full_plan, rollout_plan, step_plan
 
 PROMPTS = ["a red square", "two blue circles", "a green triangle", "a photo of a yellow circle"]
 
@@ -97,3 +97,12 @@ def test_dance_grpo_subsets_per_sample_are_what_the_estimator_scores():
     traj = rollout(flow, plan)
     scored = flow.family.estimator("trajectory", config.algo).log_probs(flow.model, traj, plan.trained, {}, trained)
     assert torch.equal(scored.mask[..., 0], trained)
+
+
+def test_shared_noise_starts_each_group_from_one_draw_and_the_sde_steps_part_them(flow):
+    config = flow_config("sampler.shared_noise=true", "algo.group_size=2", "sampler.batch_size=4")
+    plan = rollout_plan(config, 0)
+    assert plan.noise_group == 2 and rollout_plan(flow_config(), 0).noise_group == 1
+    start = rollout(flow, plan).tensors["latents"]
+    assert torch.equal(start[0, 0], start[1, 0]) and torch.equal(start[2, 0], start[3, 0])
+    assert not torch.equal(start[0, 0], start[2, 0]) and not torch.equal(start[0, -1], start[1, -1])

@@ -16,7 +16,8 @@ class StepSubsetConfig(Section):
     stochastically but untrained, and, with `flash_ratio`, fewer steps after it (a flow model's taken by a
     second-order solver)."""
 
-    mode: Literal["all", "random", "window"] = "all"
+    # none: every step deterministic and none replayed, for a likelihood-free theta objective (DiffusionNFT)
+    mode: Literal["all", "random", "window", "none"] = "all"
     fraction: float = Field(0.5, gt=0, le=1)
     random_per: Literal["iteration", "sample"] = "iteration"  # random: one subset for all samples, or one each
     outside: Literal["deterministic", "stochastic"] = "deterministic"  # window: how the steps outside it decode
@@ -71,6 +72,12 @@ class AlgoConfig(Section):
     # iteration (cogrpo/learner/averaging.py); rollouts sample the live weights either way
     ema_decay: float = Field(0.0, ge=0, lt=1)
     theta_likelihood: Literal["trajectory", "maskgrpo"] = "trajectory"
+    # theta's objective: the clipped surrogate on replayed log-probs, or DiffusionNFT's likelihood-free one on the
+    # forward process (a flow family's): the implicit positive policy (1 - nft_beta) v_old + nft_beta v and negative
+    # (1 + nft_beta) v_old - nft_beta v, weighted by 1/2 + clip(A / nft_adv_clip, -1, 1) / 2 and its complement
+    theta_objective: Literal["clipped", "nft"] = "clipped"
+    nft_beta: float = Field(1.0, gt=0)
+    nft_adv_clip: float = Field(5.0, gt=0)
     maskgrpo_gamma: float = Field(0.8, ge=0, lt=1)
     steps: StepSubsetConfig = StepSubsetConfig()
 
@@ -82,6 +89,9 @@ class AlgoConfig(Section):
         if self.candidate_prompts is not None and self.candidate_prompts < self.prompts_per_iteration:
             raise ValueError(f"candidate_prompts {self.candidate_prompts} is below prompts_per_iteration "
                              f"{self.prompts_per_iteration}: selection keeps prompts_per_iteration of them")
+        if self.steps.mode == "none" and (self.theta_objective == "clipped" or self.mode != "grpo"):
+            raise ValueError("algo.steps.mode none samples no step: it needs algo.theta_objective nft and mode grpo "
+                             "(the clipped surrogate and the schedule policy learn from sampled steps)")
         if self.token_average == "token" and self.ratio != "token_mean":
             raise ValueError("token_average: token needs ratio: token_mean (step_product has one ratio per step)")
         return self

@@ -28,27 +28,33 @@ class TinyArch(Section):
         return self
 
 
-FOLDER_MODELS = ("amused", "meissonic")  # backbones loaded from a local folder of pretrained components
+FOLDER_MODELS = ("amused", "meissonic", "sd3", "flux")  # backbones loaded from a local folder of pretrained components
 
 
 class ModelConfig(Section):
     # masked_image or flow_image (implied by kind), or "package.module:Class" for a family of one's own (importing
     # it runs it)
     family: str | None = None
-    kind: Literal["tiny_mdm", "amused", "meissonic", "tiny_flow"] | None = "tiny_mdm"  # none: a family of one's own
+    kind: Literal["tiny_mdm", "amused", "meissonic", "tiny_flow", "sd3", "flux"] | None = "tiny_mdm"  # none: a family of one's own
     # tiny_mdm, tiny_flow: a safetensors file, "builtin:tiny_mdm" ("builtin:tiny_flow") for the shipped checkpoint,
     # or null for a fresh random model.
-    # amused, meissonic: null for the folder's own weights, or fine-tuned ones (a safetensors file or a run directory).
+    # amused, meissonic, sd3, flux: null for the folder's own weights, or fine-tuned ones (a safetensors file or a run
+    # directory).
     checkpoint: str | None = "builtin:tiny_mdm"
     arch: TinyArch = TinyArch()  # tiny_mdm, tiny_flow: the architecture of a fresh model
-    # amused: a local folder in the diffusers AmusedPipeline layout; meissonic: a local Meissonic snapshot with its
-    # src/transformer.py. Contents are checked when the model is built, on the machine that builds it (a driver
+    # amused, sd3, flux: a local folder in the diffusers AmusedPipeline (StableDiffusion3Pipeline, FluxPipeline)
+    # layout; meissonic: a local Meissonic snapshot with its src/transformer.py. Contents are checked when the model is built, on the machine that builds it (a driver
     # need not hold the weights its GPU workers load).
     path: str | None = None
     # meissonic: its transformer class is Python code inside the folder, and loading it runs that code; so it is
     # refused unless this is true.
     trust_folder_code: bool = False
-    resolution: int | None = Field(None, gt=0)  # meissonic: pixels per side (its transformer has no fixed size)
+    # meissonic, flux: pixels per side (1024 by default: their transformers have no fixed size); sd3: by default
+    # the transformer's sample size
+    resolution: int | None = Field(None, gt=0)
+    # flux: the guidance scale a guidance-distilled transformer (FLUX.1-dev) reads as an input, FluxPipeline's
+    # guidance_scale (3.5 by default); ignored by a transformer without guidance embedding
+    embedded_guidance: float | None = Field(None, ge=0)
     options: dict[str, Any] = {}  # a family of one's own: its model's settings, as its class reads them
 
     @model_validator(mode="before")
@@ -65,8 +71,10 @@ class ModelConfig(Section):
             data = {"checkpoint": "builtin:tiny_flow", **data}
         if data.get("kind") in FOLDER_MODELS:
             data = {"checkpoint": None, **data}
-            if data["kind"] == "meissonic":
+            if data["kind"] in ("meissonic", "flux"):
                 data = {"resolution": 1024, **data}
+            if data["kind"] == "flux":
+                data = {"embedded_guidance": 3.5, **data}
         kind = data.get("kind", "tiny_mdm")
         return {"family": FAMILY_OF_KIND.get(kind, kind) if isinstance(kind, str) else None, **data}
 
@@ -90,9 +98,13 @@ class ModelConfig(Section):
         if not folder and self.path is not None:
             raise ValueError(f"path is only for kinds {', '.join(FOLDER_MODELS)}, not {self.kind}")
         if folder and (self.checkpoint or "").startswith("builtin:"):
-            raise ValueError(f"checkpoint {self.checkpoint} is a TinyMDM checkpoint, not {self.kind} weights")
-        if self.kind != "meissonic" and (self.trust_folder_code or self.resolution is not None):
-            raise ValueError("trust_folder_code and resolution are only for kind meissonic")
+            raise ValueError(f"checkpoint {self.checkpoint} is a shipped tiny model's, not {self.kind} weights")
+        if self.kind != "meissonic" and self.trust_folder_code:
+            raise ValueError("trust_folder_code is only for kind meissonic")
+        if self.kind not in ("meissonic", "sd3", "flux") and self.resolution is not None:
+            raise ValueError("resolution is only for kinds meissonic, sd3 and flux")
+        if self.kind != "flux" and self.embedded_guidance is not None:
+            raise ValueError("embedded_guidance is only for kind flux")
         if self.kind == "meissonic" and not self.trust_folder_code:
             raise ValueError("kind meissonic runs the Python code in its folder (src/transformer.py): set "
                              "model.trust_folder_code: true if you trust that folder")
@@ -112,6 +124,9 @@ class SamplerConfig(Section):
     remask_temperature: float = Field(4.5, ge=0.0)  # masked
     noise_level: float = Field(0.7, ge=0.0)  # flow: the SDE steps' a in sigma_t = a sqrt(t / (1 - t))
     time_shift: float = Field(1.0, gt=0.0)  # flow: SD3's shift of the time grid toward the noisy end
+    # flow: a rollout group's samples start from the same noise, so their rewards differ by the SDE steps alone
+    # (DanceGRPO's and MixGRPO's choice); evaluations draw each sample's own
+    shared_noise: bool = False
     batch_size: int = Field(64, ge=1)
 
 

@@ -66,6 +66,8 @@ class Config(Section):
         learns_guidance = "guidance" in knobs and "guidance" in (learn or ("guidance",))
         if learns_guidance and self.algo.mode != "grpo" and self.sampler.guidance <= 0:
             raise ValueError("learning guidance needs sampler.guidance > 0 (the policy scales around it)")
+        if self.sampler.shared_noise:
+            self._noise_shared_by_whole_groups()
         if self.algo.steps.mode == "window" and self.algo.steps.window > self.sampler.steps:
             raise ValueError(f"algo.steps.window {self.algo.steps.window} exceeds sampler.steps {self.sampler.steps}")
         return self
@@ -78,9 +80,22 @@ class Config(Section):
         if self.algo.theta_likelihood not in family.estimators:
             raise ValueError(f"algo.theta_likelihood {self.algo.theta_likelihood} is not offered by family "
                              f"{self.model.family} ({', '.join(family.estimators)})")
+        if self.algo.theta_objective not in family.objectives:
+            raise ValueError(f"algo.theta_objective {self.algo.theta_objective} is not offered by family "
+                             f"{self.model.family} ({', '.join(family.objectives)})")
         if self.sampler.kind == "flow" and self.sampler.noise_level <= 0:
             raise ValueError("sampler.noise_level 0 makes the SDE steps deterministic: their log-prob, which "
                              "theta trains on, is undefined (ODE steps are the step plan's, algo.steps)")
+
+    def _noise_shared_by_whole_groups(self) -> None:
+        """Shared starting noise is drawn per group inside a batch, so batches must hold whole groups."""
+        if self.sampler.kind != "flow":
+            raise ValueError(f"sampler.shared_noise: the {self.sampler.kind} sampler starts from no noise "
+                             "(a flow sampler does)")
+        group = self.algo.samples_per_prompt
+        if self.sampler.batch_size % group:
+            raise ValueError(f"sampler.shared_noise needs sampler.batch_size ({self.sampler.batch_size}) to be a "
+                             f"multiple of the samples per prompt ({group}): a batch holds whole groups")
 
     def _rewards_score_the_familys_samples(self) -> None:
         """A family makes images or texts; every reward must score that kind (plugins declare theirs)."""

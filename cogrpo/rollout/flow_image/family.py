@@ -17,6 +17,7 @@ from cogrpo.proto.family import ActionLogProbs
 from cogrpo.proto.kinds import FLOW_IMAGE_KNOBS
 from cogrpo.proto.messages import Trajectory
 from cogrpo.rewards.shapes import summarize_images
+from cogrpo.rollout.flow_image.nft import ForwardProcessNFT
 from cogrpo.rollout.flow_image.sampler import FlowScheduleInputs, generate, replay_log_probs
 from cogrpo.rollout.flow_image.solvers import time_grid
 from cogrpo.rollout.steps import StepPlan
@@ -94,7 +95,7 @@ class FlowImageFamily:
         second_order = torch.zeros(len(plan.plan), dtype=torch.bool) if plan.second_order is None \
             else plan.second_order
         return generate(model, model.encode_prompts(prompts), schedule, hand, seed, plan.plan, plan.stochastic,
-                        effective_knobs(hand, plan), second_order, self.t_cap(steps))
+                        effective_knobs(hand, plan), second_order, self.t_cap(steps), plan.noise_group)
 
     def decode(self, model: TinyFlow, traj: Trajectory) -> np.ndarray:
         return model.decode_images(traj.tensors["latents"][:, -1])
@@ -103,5 +104,10 @@ class FlowImageFamily:
         if name == "trajectory":
             return SDEReplay(self.t_cap)
         raise InputError(f"the flow image family has no likelihood estimator {name!r} (trajectory)")
+
+    def forward_objective(self, name: str, algo: AlgoConfig) -> ForwardProcessNFT:
+        if name == "nft":
+            return ForwardProcessNFT(algo)
+        raise InputError(f"the flow image family has no likelihood-free objective {name!r} (nft)")
 
     summarize = staticmethod(summarize_images)

@@ -66,13 +66,14 @@ def _per_sample(value: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def generate(model: TinyFlow, cond: torch.Tensor, schedule, hand: torch.Tensor, seed: int, plan: list[int],
              stochastic: torch.Tensor, effective: torch.Tensor, second_order: torch.Tensor,
-             t_cap: float) -> Trajectory:
+             t_cap: float, noise_group: int = 1) -> Trajectory:
     """Decode a batch from Gaussian noise and record its trajectory. Deterministic for a seed.
 
     hand: the hand schedule (steps, K); plan: the schedule steps executed, in order, ending on the last;
     stochastic (len(plan),): SDE steps (the others ODE, with the mean schedule action and no log-prob);
     effective (len(plan), K): the knobs that can change the outcome per step; second_order (len(plan),): ODE steps
-    taken by DPM-Solver++(2M); t_cap: where sigma's denominator is capped (the grid's first time below 1)."""
+    taken by DPM-Solver++(2M); t_cap: where sigma's denominator is capped (the grid's first time below 1);
+    noise_group: consecutive samples that start from the same noise."""
     steps = len(hand)
     device = model.device
     generator = torch.Generator().manual_seed(seed)
@@ -83,7 +84,8 @@ def generate(model: TinyFlow, cond: torch.Tensor, schedule, hand: torch.Tensor, 
     encoder = FlowScheduleInputs(model, SchedulePolicyConfig()) if schedule.encoder is None else schedule.encoder
     prompt_feat = encoder.prompt(model, cond_cpu)
     skipped = skipped_factors(hand, plan)
-    x = torch.randn((b, *model.latent_shape), generator=noise, device=device)
+    starts = torch.randn((-(-b // noise_group), *model.latent_shape), generator=noise, device=device)
+    x = starts.repeat_interleave(noise_group, 0)[:b]
     t = torch.ones(b, device=device)
     latents, times, step_logp = [x], [t], []
     log = DecisionLog(prompt_feat)

@@ -83,4 +83,7 @@ class MaskedImageFamily:
             return MaskGRPO(algo)
         raise InputError(f"the masked image family has no likelihood estimator {name!r} (trajectory, maskgrpo)")
 
+    def forward_objective(self, name: str, algo: AlgoConfig):
+        raise InputError(f"the masked image family has no likelihood-free objective {name!r}")
+
     summarize = staticmethod(summarize_images)
