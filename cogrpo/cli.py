@@ -1,4 +1,4 @@
-"""The `cogrpo` command: sample, generate, eval, pretrain, train.
+"""The `cogrpo` command: sample, generate, eval, pretrain, train, config.
 
 Bad input of any kind ends with one line on stderr and exit code 2; nothing half-written is left behind. A fault
 training could not survive (a dead learner) ends with one line naming the last checkpoint and exit code 1.
@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from cogrpo.proto.errors import FaultError, InputError
+from cogrpo.proto.errors import FaultError, InputError, clip
 
 
 class _Parser(argparse.ArgumentParser):
@@ -39,14 +39,17 @@ def _sampling(p: argparse.ArgumentParser, n_per_prompt: int | None | bool = Fals
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="cogrpo", description="Co-GRPO for masked diffusion models")
+    from cogrpo import __version__
+
+    parser = _Parser(prog="cogrpo", description="GRPO-family RL for diffusion models: Co-GRPO, MixGRPO, MaskGRPO")
+    parser.add_argument("--version", action="version", version=f"cogrpo {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("sample", help="images for one prompt, as a labelled grid PNG")
     _common(p)
     _sampling(p)
     p.add_argument("--prompt", required=True)
-    p.add_argument("--n", type=int, default=16, help="number of images")
+    p.add_argument("--n", type=int, default=16, help="number of images (the grid shows the first 64)")
     p.add_argument("--out", required=True, help="output PNG")
 
     p = sub.add_parser("generate", help="images for a metadata file, in GenEval's folder layout")
@@ -74,12 +77,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pretrain", help="train a tiny model (TinyMDM, TinyFlow) from scratch on the shapes world")
     _common(p)
     p.add_argument("--out", help="checkpoint path (default: pretrain.out from the config)")
+
+    p = sub.add_parser("config", help="print the resolved config (defaults, the file, then --set) as YAML")
+    _common(p)
     return parser
 
 
-def _positive(name: str, value: int | None) -> None:
+def _positive(name: str, value: int | None, high: int | None = None) -> None:
     if value is not None and value < 1:
         raise InputError(f"{name} must be at least 1, got {value}")
+    if value is not None and high is not None and value > high:
+        raise InputError(f"{name} must be at most {high}, got {clip(str(value))}")
 
 
 def _config(args: argparse.Namespace):
@@ -100,10 +108,13 @@ def _setup(args: argparse.Namespace):
     from cogrpo.learner.checkpoint import load_policy_into, saved_policy_config
     from cogrpo.models.checkpoint import resolve_checkpoint_path
     from cogrpo.models.schedule_policy import PolicySchedule, SchedulePolicy
+    from cogrpo.proto.config.base import MAX_STEPS, SEED_LIMIT
     from cogrpo.rollout.schedule import HandSchedule
 
     for name in ("steps", "n_per_prompt", "n"):
-        _positive(f"--{name.replace('_', '-')}", getattr(args, name, None))
+        _positive(f"--{name.replace('_', '-')}", getattr(args, name, None), MAX_STEPS if name == "steps" else None)
+    if args.seed is not None and not 0 <= args.seed < SEED_LIMIT:
+        raise InputError(f"--seed must be in [0, {SEED_LIMIT}), got {clip(str(args.seed))}")
     config = _config(args)
     configure_compute(config.threads)
     steps = args.steps or config.eval.steps
@@ -125,12 +136,11 @@ def _setup(args: argparse.Namespace):
 
 def cmd_sample(args: argparse.Namespace) -> None:
     from cogrpo.data.grid import image_grid
-    from cogrpo.data.prompts import parse_prompt, tokenize
+    from cogrpo.data.prompts import parse_prompt
     from cogrpo.rewards.shapes import ShapesReward
     from cogrpo.rollout.collect import decode_prompts, join
 
     _positive("--n", args.n)
-    tokenize(args.prompt)
     if not args.out.lower().endswith(".png"):
         raise InputError(f"--out must be a .png file, got {args.out!r}")
     config, family, model, steps, seed, schedule = _setup(args)
@@ -139,7 +149,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     try:
         record = parse_prompt(args.prompt)
         correct = [bool(j.strict) for j in ShapesReward().judge_batch(images, [record] * args.n)]
-    except InputError:  # a free-form prompt in the vocabulary: draw it, but there is nothing to judge
+    except InputError:  # a free-form prompt (in the shapes vocabulary, or any for a real model): nothing to judge
         correct = [None] * args.n
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -263,8 +273,14 @@ def cmd_train(args: argparse.Namespace) -> None:
                                      for r in evals]}))
 
 
+def cmd_config(args: argparse.Namespace) -> None:
+    from cogrpo.proto.config import dump_config
+
+    print(dump_config(_config(args)), end="")
+
+
 COMMANDS = {"sample": cmd_sample, "generate": cmd_generate, "eval": cmd_eval, "pretrain": cmd_pretrain,
-            "train": cmd_train}
+            "train": cmd_train, "config": cmd_config}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,20 +4,25 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
+import cogrpo
 from cogrpo.cli import main
 from cogrpo.data.geneval import write_jsonl
 from cogrpo.data.prompts import colors, counting, position, single_object, two_object
 from cogrpo.models.checkpoint import resolve_checkpoint_path
+from cogrpo.proto.config import dump_config, load_config
 from cogrpo.proto.layout import CheckpointLayout, RunLayout
 
 RECORDS = [single_object("square"), colors("red", "circle"), counting(2, "triangle"),
            two_object("circle", "square"), position("square", "above", "circle", "blue", "red")]
 FAST = ["--set", "sampler.batch_size=16"]
+SMOKE = str(Path(__file__).resolve().parents[1] / "configs" / "smoke-cpu.yaml")
 
 
 @pytest.fixture
@@ -95,7 +100,26 @@ def test_train_then_eval_the_run_directory_and_pair_its_model_and_schedule_with_
     assert grid("builtin:tiny_mdm", "--schedule", str(run_dir)) == grid(alone.model)
 
 
+def test_config_prints_the_resolved_tree_with_list_items_overridden(capsys):
+    assert main(["config", "--config", "configs/smoke-cpu.yaml", "--set", "rewards.1.weight=2",
+                 "--set", "sampler.steps=6"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["sampler"]["steps"] == 6 and printed["model"]["family"] == "masked_image"
+    assert [r["weight"] for r in printed["rewards"]] == [1.0, 2.0]
+    assert printed == yaml.safe_load(dump_config(load_config("configs/smoke-cpu.yaml",
+                                                             ["rewards.1.weight=2", "sampler.steps=6"])))
+
+
+def test_version_names_the_package(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"cogrpo {cogrpo.__version__}"
+
+
 @pytest.mark.parametrize("argv, message", [
+    (["config", "--config", SMOKE, "--set", "rewards.5.weight=2"], "'5' is not an index of a list of 2"),
+    (["config", "--config", SMOKE, "--set", "rewards.x.weight=2"], "'x' is not an index of a list of 2"),
+    (["config", "--set", "x" * 500 + "=1"], "unknown config key '" + "x" * 60 + "...'"),
     (["sample", "--prompt", "a photo of a dog", "--out", "x.png"], "unknown word 'dog'"),
     (["sample", "--prompt", "a photo of a circle", "--out", "x.png", "--n", "0"], "--n must be at least 1"),
     (["eval", "--metadata", "missing.jsonl"], "metadata file not found"),

@@ -20,6 +20,11 @@ def rollout_seed(seed: int, iteration: int, batch: int) -> int:
     return (seed * 1_000_003 + iteration * 1_009 + batch) % (2**62)
 
 
+def derived_seed(seed: int, index: int) -> int:
+    """The seed of a batch's index-th derived draw (an estimator's or objective's per-epoch inputs), in range."""
+    return (seed * 1009 + index) % (2**62)
+
+
 def slices(samples: int, batch_size: int, seed: int, iteration: int | None) -> list[Slice]:
     """`samples` in batches of batch_size. An iteration's rollouts seed batch k with rollout_seed(seed, iteration,
     k); an evaluation (iteration None) with seed + k, so its results depend on nothing else."""

@@ -174,3 +174,15 @@ def test_bad_folders_and_configs_are_one_clear_line(folder, tmp_path):
             load_config(None, overrides)
         assert "\n" not in str(info.value)
     assert load_config(None, ["model.kind=amused", f"model.path={folder}"]).model.checkpoint is None
+
+
+def test_a_real_model_samples_any_prompt_where_the_shapes_world_refuses_unknown_words(folder, tmp_path, capsys):
+    from cogrpo.cli import main
+
+    amused = ["--set", "model.kind=amused", "--set", f"model.path={folder}", "--set", "model.checkpoint=null",
+              "--set", "sampler.batch_size=4", "--steps", "2", "--n", "4"]
+    out = str(tmp_path / "dog.png")
+    assert main(["sample", "--prompt", "a photo of a dog on a bench", "--out", out, *amused]) == 0
+    assert (tmp_path / "dog.png").is_file() and "4 images" in capsys.readouterr().out
+    assert main(["sample", "--prompt", "a photo of a dog", "--out", str(tmp_path / "tiny.png"), "--n", "4"]) == 2
+    assert "unknown word 'dog'" in capsys.readouterr().err and not (tmp_path / "tiny.png").exists()

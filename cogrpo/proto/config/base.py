@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_STEPS = 256  # decoding steps of any sampler
+SEED_LIMIT = 2**32  # seeds are in [0, SEED_LIMIT): every generator and derived seed stays in range
+Steps = Annotated[int, Field(ge=1, le=MAX_STEPS)]
+Seed = Annotated[int, Field(ge=0, lt=SEED_LIMIT)]
 
 
 class Section(BaseModel):

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from cogrpo.proto.config.base import Section
+from cogrpo.proto.config.base import Section, Steps
 from cogrpo.proto.kinds import FAMILIES, FAMILY_OF_KIND
 from cogrpo.proto.plugins import is_plugin_ref
 
@@ -118,7 +118,7 @@ class SamplerConfig(Section):
 
     # masked_image: maskgit or emerge; flow_image: flow. In a config file, the model family's first by default.
     kind: Literal["maskgit", "emerge", "flow"] = "maskgit"
-    steps: int = Field(8, ge=1, le=256)
+    steps: Steps = 8
     guidance: float = Field(1.0, ge=0.0)
     temperature: float = Field(1.0, gt=0.0)  # masked
     remask_temperature: float = Field(4.5, ge=0.0)  # masked
@@ -217,8 +217,8 @@ class SchedulePolicyConfig(Section):
     # frozen model's token embedding (pooled), or only the fraction still masked (none).
     prompt_input: Literal["live", "frozen"] = "live"
     canvas_input: Literal["none", "pooled"] = "none"
-    hidden: int = Field(64, gt=0)
-    time_features: int = Field(16, ge=2)
+    hidden: int = Field(64, gt=0, le=65536)
+    time_features: int = Field(16, ge=2, le=1024, multiple_of=2)  # sine and cosine pairs of the step position
     std_mode: Literal["learned", "decayed"] = "learned"
     std_init: float = Field(0.3, gt=0)
     std_decay: float = Field(0.98, gt=0, le=1)  # per iteration, when decayed

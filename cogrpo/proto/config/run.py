@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from cogrpo.proto.config.base import Section
+from cogrpo.proto.config.base import Section, Steps
 
 
 class TrainConfig(Section):
@@ -16,7 +16,7 @@ class TrainConfig(Section):
     eval_every: int = Field(20, ge=1)
     eval_at_start: bool = True
     eval_metadata: dict[str, str] = {"heldout": "builtin:heldout", "train": "builtin:train"}
-    eval_steps: tuple[int, ...] = (8,)
+    eval_steps: tuple[Steps, ...] = Field((8,), min_length=1)
     checkpoint_every: int = Field(20, ge=1)
     run_dir: str | None = None  # default: runs/<timestamp>
 
@@ -24,7 +24,7 @@ class TrainConfig(Section):
 class EvalConfig(Section):
     metadata: str = "builtin:heldout"
     n_per_prompt: int = Field(1, ge=1)
-    steps: int = Field(8, ge=1, le=256)
+    steps: Steps = 8
 
 
 class PretrainConfig(Section):

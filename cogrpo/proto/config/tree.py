@@ -11,7 +11,7 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from cogrpo.proto.config.algo import AlgoConfig
-from cogrpo.proto.config.base import Section
+from cogrpo.proto.config.base import Section, Seed
 from cogrpo.proto.config.model import ModelConfig, RewardConfig, SamplerConfig, SchedulePolicyConfig
 from cogrpo.proto.config.run import ClusterConfig, EvalConfig, MetricsConfig, PretrainConfig, TrainConfig
 from cogrpo.proto.errors import InputError, clip
@@ -20,7 +20,7 @@ from cogrpo.proto.plugins import plugin_attribute
 
 
 class Config(Section):
-    seed: int = 0
+    seed: Seed = 0
     threads: int = Field(2, ge=1)
     model: ModelConfig = ModelConfig()
     sampler: SamplerConfig = SamplerConfig()
@@ -51,6 +51,11 @@ class Config(Section):
     def _consistent(self) -> Config:
         if not self.rewards:
             raise ValueError("rewards: at least one reward is needed")
+        names = [reward.name for reward in self.rewards]
+        twice = next((name for name in names if names.count(name) > 1), None)
+        if twice is not None:
+            raise ValueError(f"rewards: two terms are both named {twice!r} (the same kind and model, or head): "
+                             "merge them into one with the summed weight")
         self._rewards_score_the_familys_samples()
         family = FAMILIES.get(self.model.family)
         if family is not None:
@@ -110,7 +115,7 @@ class Config(Section):
 
 def _format_validation_error(err: ValidationError) -> str:
     first = err.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "<root>"
+    where = clip(".".join(str(p) for p in first["loc"])) or "<root>"
     if first["type"] == "extra_forbidden":
         return f"unknown config key '{where}'"
     more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
@@ -122,19 +127,30 @@ def _format_validation_error(err: ValidationError) -> str:
 def _apply_override(tree: dict[str, Any], assignment: str) -> None:
     key, sep, raw = assignment.partition("=")
     if not sep or not key.strip():
-        raise InputError(f"--set expects key=value, got {assignment!r}")
+        raise InputError(f"--set expects key=value, got {clip(assignment)!r}")
     try:
         value = yaml.safe_load(raw)
     except (yaml.YAMLError, RecursionError):
-        raise InputError(f"--set {key}: cannot parse value {clip(raw)!r}") from None
+        raise InputError(f"--set {clip(key)}: cannot parse value {clip(raw)!r}") from None
     node = tree
     parts = key.strip().split(".")
     for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise InputError(f"--set {key}: '{part}' is not a section")
+        child = _item(node, part, key) if isinstance(node, list) else node.setdefault(part, {})
+        if not isinstance(child, (dict, list)):
+            raise InputError(f"--set {clip(key)}: '{clip(part)}' is not a section")
         node = child
-    node[parts[-1]] = value
+    if isinstance(node, list):
+        _item(node, parts[-1], key)
+        node[int(parts[-1])] = value
+    else:
+        node[parts[-1]] = value
+
+
+def _item(items: list, part: str, key: str) -> Any:
+    """A list entry named by its index in an override (rewards.0.weight=2)."""
+    if not part.isdigit() or int(part) >= len(items):
+        raise InputError(f"--set {clip(key)}: '{clip(part)}' is not an index of a list of {len(items)}")
+    return items[int(part)]
 
 
 def resolve_config(tree: dict[str, Any], overrides: list[str] = ()) -> Config:

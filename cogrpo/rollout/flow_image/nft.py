@@ -16,6 +16,7 @@ import torch
 from cogrpo.models.tiny_flow import TinyFlow
 from cogrpo.proto.config import AlgoConfig
 from cogrpo.proto.messages import Trajectory
+from cogrpo.rollout.batching import derived_seed
 
 
 class ForwardProcessNFT:
@@ -28,7 +29,7 @@ class ForwardProcessNFT:
         latents, times = traj.tensors["latents"], traj.tensors["times"][:, :-1]
         views = []
         for epoch in range(epochs):
-            generator = torch.Generator().manual_seed(traj.seed * 1_000_003 + epoch)
+            generator = torch.Generator().manual_seed(derived_seed(traj.seed, epoch))
             noise = torch.randn((*times.shape, *latents.shape[2:]), generator=generator)
             views.append({"t": times.clone(), "noise": noise})
         return views

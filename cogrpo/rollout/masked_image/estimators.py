@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from cogrpo.proto.config import AlgoConfig
 from cogrpo.proto.family import ActionLogProbs
 from cogrpo.proto.messages import Trajectory
+from cogrpo.rollout.batching import derived_seed
 from cogrpo.rollout.masked_image.sampler import replay_log_probs
 
 
@@ -60,7 +61,7 @@ class MaskGRPO:
         """The finished samples re-masked at each epoch's rate, with one stored seed per inner epoch (derived from
         the batch seed), so old, reference and new log-probs all see identical inputs."""
         shape = tuple(traj.tensors["tokens"].shape)
-        return [{"masked": random_mask(shape, r, traj.seed * 1009 + j)}
+        return [{"masked": random_mask(shape, r, derived_seed(traj.seed, j))}
                 for j, r in enumerate(maskgrpo_rates(self.gamma, epochs))]
 
     def log_probs(self, model, traj, steps, inputs, select=None) -> ActionLogProbs:
