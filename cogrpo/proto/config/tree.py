@@ -124,12 +124,49 @@ def _format_validation_error(err: ValidationError) -> str:
     return f"config {where}: {message}{more}"
 
 
+MAX_VALUES = 100_000  # a config tree, its aliases expanded, has at most this many values
+
+
+class _Refused(yaml.YAMLError):
+    """Valid YAML this project does not read: a key twice in a mapping, or aliases that expand too far."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML as the safe loader reads it, but a mapping may not name a key twice (the last would silently win)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise _Refused(f"line {key_node.start_mark.line + 1}: key {clip(str(key))!r} appears twice")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(text: str) -> Any:
+    """Strict YAML (no key twice in a mapping) whose aliases do not expand past MAX_VALUES values: an alias bomb
+    is refused here instead of expanding when the config is copied or saved."""
+    value = yaml.load(text, Loader=_StrictLoader)
+    pending, count = [value], 0
+    while pending:
+        item = pending.pop()
+        count += 1
+        if count > MAX_VALUES:
+            raise _Refused(f"more than {MAX_VALUES} values once its aliases are expanded")
+        if isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return value
+
+
 def _apply_override(tree: dict[str, Any], assignment: str) -> None:
     key, sep, raw = assignment.partition("=")
     if not sep or not key.strip():
         raise InputError(f"--set expects key=value, got {clip(assignment)!r}")
     try:
-        value = yaml.safe_load(raw)
+        value = read_yaml(raw)
     except (yaml.YAMLError, RecursionError):
         raise InputError(f"--set {clip(key)}: cannot parse value {clip(raw)!r}") from None
     node = tree
@@ -171,9 +208,11 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
         if not path.is_file():
             raise InputError(f"config file not found: {path}")
         try:
-            tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            tree = read_yaml(path.read_text(encoding="utf-8")) or {}
         except UnicodeDecodeError:
             raise InputError(f"config file is not UTF-8 text: {path}") from None
+        except _Refused as exc:
+            raise InputError(f"config file {path}: {exc}") from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             line = f" line {mark.line + 1}" if mark else ""
