@@ -16,7 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
-from learning import base_scores, write_block
+from learning import base_scores, one_process_run, write_block
 
 from cogrpo.cluster.loop import trainer
 from cogrpo.proto.config import load_config
@@ -77,10 +77,8 @@ def main() -> None:
     args = parser.parse_args()
     defaults = load_config(args.config, args.set)
     positions = defaults.sampler.steps - defaults.algo.steps.window + 1
-    common = ["runtime=local", *args.set, f"algo.steps.shift_every={max(1, args.iterations // positions)}",
-              f"train.iterations={args.iterations}", f"train.eval_every={args.iterations}",
-              f"train.checkpoint_every={args.iterations}", f"train.eval_steps={list(EVAL_STEPS)}",
-              "train.eval_at_start=false"]
+    common = [*one_process_run(args.iterations, EVAL_STEPS, args.set),
+              f"algo.steps.shift_every={max(1, args.iterations // positions)}"]
     rows = []
     for method in args.methods.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):

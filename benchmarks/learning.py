@@ -34,6 +34,13 @@ METHODS = {
 EVAL_STEPS = (8, 4)
 
 
+def one_process_run(iterations: int, eval_steps: tuple[int, ...], sets: list[str]) -> list[str]:
+    """The overrides every method's run shares: one process, the benchmark's --set, `iterations` iterations, one
+    evaluation (at `eval_steps`) and one checkpoint at the end."""
+    return ["runtime=local", *sets, f"train.iterations={iterations}", f"train.eval_every={iterations}",
+            f"train.checkpoint_every={iterations}", f"train.eval_steps={list(eval_steps)}", "train.eval_at_start=false"]
+
+
 def base_scores(config, eval_steps: tuple[int, ...] = EVAL_STEPS) -> dict:
     """The shipped model with the hand schedule, as every method starts."""
     policies = build_policies(config)
@@ -61,9 +68,7 @@ def main() -> None:
     parser.add_argument("--seeds", default=None, help="comma-separated seeds, each run per method (default: the "
                         "config's seed, one run)")
     args = parser.parse_args()
-    common = ["runtime=local", *args.set, f"train.iterations={args.iterations}", f"train.eval_every={args.iterations}",
-              f"train.checkpoint_every={args.iterations}", f"train.eval_steps={list(EVAL_STEPS)}",
-              "train.eval_at_start=false"]
+    common = one_process_run(args.iterations, EVAL_STEPS, args.set)
     seeds = [None] if args.seeds is None else [int(seed) for seed in args.seeds.split(",")]
     rows, bases = [], {}
     for method in args.methods.split(","):

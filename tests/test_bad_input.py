@@ -17,6 +17,9 @@ from cogrpo.proto.config import TinyArch
 
 CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "smoke-cpu.yaml")
 FLOW = str(Path(__file__).resolve().parents[1] / "configs" / "flow-smoke-cpu.yaml")
+# six levels of nine aliases each: 9^6 values once expanded, from a few hundred bytes
+ALIAS_BOMB = ("a: &a [" + ", ".join(["x"] * 9) + "]\n" + "".join(f"{n}: &{n} [{', '.join([f'*{q}'] * 9)}]\n"
+              for q, n in zip("abcd", "bcde")) + "f: [" + ", ".join(["*e"] * 9) + "]\n").encode()
 TRAIN = ["train", "--config", CONFIG, "--run-dir", "run", "--set", "runtime=local"]
 
 
@@ -66,7 +69,7 @@ GOOD = jsonl(single_object("square"), colors("red", "circle"))
     (["eval", "--config", "c.yaml"], "config file c.yaml: line 3: key 'algo' appears twice",
      {"c.yaml": b"algo: {mode: grpo}\nseed: 1\nalgo: {mode: cogrpo}\n"}),
     (["eval", "--config", "c.yaml"], "config file c.yaml: more than 100000 values once its aliases are expanded",
-     {"c.yaml": b"a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\ne: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: [*e, *e, *e, *e, *e, *e, *e, *e, *e]\n"}),
+     {"c.yaml": ALIAS_BOMB}),
     (["eval", "--set", "algo.steps.mode=window", "--set", "algo.steps.window=9"], "exceeds sampler.steps 8", {}),
     (["eval", "--set", "rewards=[]"], "at least one reward is needed", {}),
     (["eval", "--set", "algo.rollouts_per_prompt=4"], "rollouts_per_prompt 4 is below group_size 8", {}),

@@ -78,7 +78,8 @@ def _load_folder_model(config: ModelConfig) -> torch.nn.Module:
 def build_model(config: ModelConfig) -> torch.nn.Module:
     """The configured model. TinyMDM, TinyFlow: loaded from a checkpoint (whose metadata fixes the architecture), or
     fresh.
-    aMUSEd, Meissonic, SD3, FLUX: their local folder, then the fine-tuned transformer weights of `checkpoint` if one is named."""
+    aMUSEd, Meissonic, SD3, FLUX: their local folder, then the fine-tuned transformer weights of `checkpoint` if
+    one is named."""
     if config.kind in FOLDER_MODELS:
         model = _load_folder_model(config)
         if config.checkpoint is not None:

@@ -28,6 +28,11 @@ from cogrpo.proto.errors import InputError, first_line
 TEXT_LENGTH = 77  # T5 tokens per prompt (the pipelines' defaults are 256 and 512; GenEval prompts need far fewer)
 
 
+def pack(states: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+    """Text states (B, L, D) and pooled embeddings (B, P) as one flat float32 CPU vector per prompt."""
+    return torch.cat([states.flatten(1), pooled], dim=1).float().cpu()
+
+
 class DiffusersFlow(OnDevice, nn.Module):
     kind: str
 
@@ -38,9 +43,10 @@ class DiffusersFlow(OnDevice, nn.Module):
         pipe.set_progress_bar_config(disable=True)
         self.latent_shape = latent_shape
         self.text_length = text_length
-        states, pooled = self.text([""])
+        with torch.no_grad():
+            states, pooled = self.text([""])
         self.text_shape, self.pooled_size = tuple(states.shape[1:]), pooled.shape[1]
-        self._null = self.encode_prompts([""])
+        self._null = pack(states, pooled)
 
     @abstractmethod
     def text(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,8 +69,7 @@ class DiffusersFlow(OnDevice, nn.Module):
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
-        states, pooled = self.text(prompts)
-        return torch.cat([states.flatten(1), pooled], dim=1).float().cpu()
+        return pack(*self.text(prompts))
 
     def unpack(self, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """A packed conditioning -> (text states (B, L, D), pooled embedding (B, P))."""

@@ -35,7 +35,8 @@ class ModelConfig(Section):
     # masked_image or flow_image (implied by kind), or "package.module:Class" for a family of one's own (importing
     # it runs it)
     family: str | None = None
-    kind: Literal["tiny_mdm", "amused", "meissonic", "tiny_flow", "sd3", "flux"] | None = "tiny_mdm"  # none: a family of one's own
+    # none: a family of one's own
+    kind: Literal["tiny_mdm", "amused", "meissonic", "tiny_flow", "sd3", "flux"] | None = "tiny_mdm"
     # tiny_mdm, tiny_flow: a safetensors file, "builtin:tiny_mdm" ("builtin:tiny_flow") for the shipped checkpoint,
     # or null for a fresh random model.
     # amused, meissonic, sd3, flux: null for the folder's own weights, or fine-tuned ones (a safetensors file or a run
@@ -43,8 +44,8 @@ class ModelConfig(Section):
     checkpoint: str | None = "builtin:tiny_mdm"
     arch: TinyArch = TinyArch()  # tiny_mdm, tiny_flow: the architecture of a fresh model
     # amused, sd3, flux: a local folder in the diffusers AmusedPipeline (StableDiffusion3Pipeline, FluxPipeline)
-    # layout; meissonic: a local Meissonic snapshot with its src/transformer.py. Contents are checked when the model is built, on the machine that builds it (a driver
-    # need not hold the weights its GPU workers load).
+    # layout; meissonic: a local Meissonic snapshot with its src/transformer.py. Contents are checked when the
+    # model is built, on the machine that builds it (a driver need not hold the weights its GPU workers load).
     path: str | None = None
     # meissonic: its transformer class is Python code inside the folder, and loading it runs that code; so it is
     # refused unless this is true.

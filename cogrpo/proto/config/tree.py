@@ -61,13 +61,12 @@ class Config(Section):
         if family is not None:
             self._family_offers(family)
         learn = self.schedule_policy.learn
+        knobs = [knob.name for knob in family.knobs] if family is not None else []
         if family is not None and learn is not None:
-            names = [knob.name for knob in family.knobs]
-            unknown = [knob for knob in learn if knob not in names]
+            unknown = [knob for knob in learn if knob not in knobs]
             if unknown:
                 raise ValueError(f"schedule_policy.learn: family {self.model.family} has no knob {unknown[0]!r} "
-                                 f"(its knobs: {', '.join(names)})")
-        knobs = [knob.name for knob in family.knobs] if family is not None else []
+                                 f"(its knobs: {', '.join(knobs)})")
         learns_guidance = "guidance" in knobs and "guidance" in (learn or ("guidance",))
         if learns_guidance and self.algo.mode != "grpo" and self.sampler.guidance <= 0:
             raise ValueError("learning guidance needs sampler.guidance > 0 (the policy scales around it)")
@@ -78,16 +77,16 @@ class Config(Section):
         return self
 
     def _family_offers(self, family) -> None:
-        """The sampler and likelihood estimator must be the family's; a flow SDE step needs noise."""
+        """The sampler, theta's likelihood estimator and objective must be the family's; a flow SDE step needs
+        noise."""
         if self.sampler.kind not in family.samplers:
             raise ValueError(f"sampler.kind {self.sampler.kind} is not a sampler of family {self.model.family} "
                              f"({', '.join(family.samplers)})")
-        if self.algo.theta_likelihood not in family.estimators:
-            raise ValueError(f"algo.theta_likelihood {self.algo.theta_likelihood} is not offered by family "
-                             f"{self.model.family} ({', '.join(family.estimators)})")
-        if self.algo.theta_objective not in family.objectives:
-            raise ValueError(f"algo.theta_objective {self.algo.theta_objective} is not offered by family "
-                             f"{self.model.family} ({', '.join(family.objectives)})")
+        for field, value, offered in (("theta_likelihood", self.algo.theta_likelihood, family.estimators),
+                                      ("theta_objective", self.algo.theta_objective, family.objectives)):
+            if value not in offered:
+                raise ValueError(f"algo.{field} {value} is not offered by family {self.model.family} "
+                                 f"({', '.join(offered)})")
         if self.sampler.kind == "flow" and self.sampler.noise_level <= 0:
             raise ValueError("sampler.noise_level 0 makes the SDE steps deterministic: their log-prob, which "
                              "theta trains on, is undefined (ODE steps are the step plan's, algo.steps)")

@@ -1,5 +1,6 @@
-"""The flow-matching image family (TinyFlow) behind the family seam: SDE/ODE sampling of continuous latents under a
-step plan, theta's likelihood of the recorded SDE transitions, the three schedule knobs, images for the rewards."""
+"""The flow-matching image family (TinyFlow, SD3, FLUX.1) behind the family seam: SDE/ODE sampling of continuous
+latents under a step plan, theta's likelihood of the recorded SDE transitions or DiffusionNFT's likelihood-free
+objective, the three schedule knobs, images for the rewards."""
 
 from __future__ import annotations
 

@@ -12,11 +12,17 @@ weights it; with a KL weight, the squared distance to the reference model's velo
 from __future__ import annotations
 
 import torch
+from torch import nn
 
-from cogrpo.models.tiny_flow import TinyFlow
 from cogrpo.proto.config import AlgoConfig
 from cogrpo.proto.messages import Trajectory
 from cogrpo.rollout.batching import derived_seed
+
+
+def velocity(model: nn.Module, xt: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    """The model's float32 velocity for flattened rows, on its device."""
+    device = next(model.parameters()).device
+    return model(xt.to(device), t.to(device), cond.to(device)).float()
 
 
 class ForwardProcessNFT:
@@ -44,17 +50,17 @@ class ForwardProcessNFT:
         cond = traj.tensors["cond"].repeat_interleave(rows, 0)
         return xt.flatten(0, 1), t.flatten(), cond, (noise - x0).flatten(0, 1)
 
-    def prediction(self, model: TinyFlow, traj: Trajectory, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    def prediction(self, model: nn.Module, traj: Trajectory, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """The conditional velocity (no guidance: NFT trains the model, not the guided sampler) at each of the R
         noisings per sample, (B, R, N, C), on the model's device."""
         xt, t, cond, _ = self.noised(traj, inputs)
-        device = next(model.parameters()).device
-        return model(xt.to(device), t.to(device), cond.to(device)).float().unflatten(0, inputs["t"].shape)
+        return velocity(model, xt, t, cond).unflatten(0, inputs["t"].shape)
 
-    def loss(self, model: TinyFlow, traj: Trajectory, inputs: dict[str, torch.Tensor], old: torch.Tensor,
+    def loss(self, model: nn.Module, traj: Trajectory, inputs: dict[str, torch.Tensor], old: torch.Tensor,
              advantages: torch.Tensor, reference: torch.Tensor | None) -> tuple[torch.Tensor, dict]:
-        v = self.prediction(model, traj, inputs).flatten(0, 1)
-        _, t, _, target = (x.to(v.device) for x in self.noised(traj, inputs))
+        xt, t, cond, target = self.noised(traj, inputs)
+        v = velocity(model, xt, t, cond)
+        t, target = t.to(v.device), target.to(v.device)
         r = (0.5 + 0.5 * (advantages / self.adv_clip).clamp(-1, 1)).repeat_interleave(inputs["t"].shape[1])
         r, old = r.to(v.device), old.flatten(0, 1).to(v.device)
         positive = (1 - self.beta) * old + self.beta * v

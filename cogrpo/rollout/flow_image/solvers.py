@@ -51,20 +51,19 @@ def sde_mean_std(x: torch.Tensor, v: torch.Tensor, t: Time, t_next: Time, a: Tim
     return mean, sigma * (h ** 0.5)
 
 
+def _log(value: Time) -> Time:
+    return torch.log(value) if isinstance(value, torch.Tensor) else math.log(value)
+
+
 def sde_log_prob(x_next: torch.Tensor, mean: torch.Tensor, std: Time) -> torch.Tensor:
     """The Gaussian log-density of each element of x_next (same shape as x_next)."""
     z = (x_next - mean) / std
-    log_std = torch.log(std) if isinstance(std, torch.Tensor) else math.log(std)
-    return -0.5 * z * z - log_std - 0.5 * math.log(2 * math.pi)
+    return -0.5 * z * z - _log(std) - 0.5 * math.log(2 * math.pi)
 
 
 def data_prediction(x: torch.Tensor, v: torch.Tensor, t: float) -> torch.Tensor:
     """x0 implied by the velocity at t."""
     return x - t * v
-
-
-def _log(value: Time) -> Time:
-    return torch.log(value) if isinstance(value, torch.Tensor) else math.log(value)
 
 
 def dpm_solver_2m_step(x: torch.Tensor, x0: torch.Tensor, t: Time, t_next: Time,
