@@ -21,7 +21,7 @@ from cogrpo.learner.objectives import theta_objective
 from cogrpo.proto.config import load_config
 from cogrpo.rewards.registry import score_all
 from cogrpo.rollout.collect import collect
-from cogrpo.rollout.masked_image.estimators import MaskGRPO, TrajectoryReplay, random_mask
+from cogrpo.rollout.masked.estimators import MaskGRPO, TrajectoryReplay, random_mask
 from cogrpo.rollout.schedule import schedule_for
 from cogrpo.rollout.steps import step_plan
 

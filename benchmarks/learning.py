@@ -20,7 +20,7 @@ from pathlib import Path
 
 from cogrpo.cluster.build import build_policies
 from cogrpo.cluster.loop import trainer
-from cogrpo.data.geneval import read_metadata, resolve_metadata_path
+from cogrpo.data.records import read_records
 from cogrpo.proto.config import load_config
 from cogrpo.rollout.collect import evaluate
 from cogrpo.rollout.schedule import schedule_for
@@ -41,18 +41,23 @@ def one_process_run(iterations: int, eval_steps: tuple[int, ...], sets: list[str
             f"train.checkpoint_every={iterations}", f"train.eval_steps={list(eval_steps)}", "train.eval_at_start=false"]
 
 
-def base_scores(config, eval_steps: tuple[int, ...] = EVAL_STEPS) -> dict:
-    """The shipped model with the hand schedule, as every method starts."""
+def base_summaries(config, eval_steps: tuple[int, ...] = EVAL_STEPS) -> dict:
+    """The shipped model with the hand schedule, as every method starts: the family's summary per (split, steps)."""
     policies = build_policies(config)
     out = {}
     for split, spec in config.train.eval_metadata.items():
-        records = read_metadata(resolve_metadata_path(spec))
+        records = read_records(spec, config.samples)
         for steps in eval_steps:
             schedule = schedule_for(config, policies.family, policies.policy, steps, sample_actions=False)
             result = evaluate(policies.family, policies.model, schedule, records, steps, config.seed,
                               config.sampler.batch_size, 1)
-            out[(split, steps)] = result.summary["overall"]
+            out[(split, steps)] = result.summary
     return out
+
+
+def base_scores(config, eval_steps: tuple[int, ...] = EVAL_STEPS) -> dict:
+    """GenEval's overall per (split, steps) of the shipped model with the hand schedule."""
+    return {key: summary["overall"] for key, summary in base_summaries(config, eval_steps).items()}
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ import torch
 from cogrpo.models.checkpoint import build_model
 from cogrpo.proto.config import load_config
 from cogrpo.rollout.masked_image.family import hand_knobs
-from cogrpo.rollout.masked_image.sampler import generate
+from cogrpo.rollout.masked.sampler import generate
 from cogrpo.rollout.schedule import HandSchedule
 
 

@@ -21,7 +21,7 @@ from cogrpo.data.prompts import training_records
 from cogrpo.learner.learner import ScoredBatch
 from cogrpo.proto.config import load_config
 from cogrpo.rollout.collect import collect
-from cogrpo.rollout.masked_image.estimators import TrajectoryReplay
+from cogrpo.rollout.masked.estimators import TrajectoryReplay
 from cogrpo.rollout.schedule import rollout_schedule
 from cogrpo.rollout.steps import full_plan
 

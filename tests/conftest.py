@@ -277,7 +277,7 @@ def learner_update():
     from cogrpo.models.schedule_policy import PolicySchedule, SchedulePolicy
     from cogrpo.proto.config import AlgoConfig, Config, SamplerConfig
     from cogrpo.rollout.masked_image.family import MaskedImageFamily
-    from cogrpo.rollout.masked_image.sampler import generate
+    from cogrpo.rollout.masked.sampler import generate
 
     def update(model, prompts: list[str]) -> tuple[dict, object]:
         config = Config(sampler=SamplerConfig(steps=4, guidance=1.0), algo=AlgoConfig(lr=1e-2, minibatch=4))

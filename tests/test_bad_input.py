@@ -17,6 +17,7 @@ from cogrpo.proto.config import TinyArch
 
 CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "smoke-cpu.yaml")
 FLOW = str(Path(__file__).resolve().parents[1] / "configs" / "flow-smoke-cpu.yaml")
+TEXT = str(Path(__file__).resolve().parents[1] / "configs" / "text-smoke-cpu.yaml")
 # six levels of nine aliases each: 9^6 values once expanded, from a few hundred bytes
 ALIAS_BOMB = ("a: &a [" + ", ".join(["x"] * 9) + "]\n" + "".join(f"{n}: &{n} [{', '.join([f'*{q}'] * 9)}]\n"
               for q, n in zip("abcd", "bcde")) + "f: [" + ", ".join(["*e"] * 9) + "]\n").encode()
@@ -79,7 +80,9 @@ GOOD = jsonl(single_object("square"), colors("red", "circle"))
     (["eval", "--config", FLOW, "--set", "algo.steps.window=9"], "exceeds sampler.steps 8", {}),
     (["eval", "--config", FLOW, "--set", "sampler.noise_level=0"], "sampler.noise_level 0 makes the SDE steps", {}),
     (["eval", "--config", FLOW, "--set", "sampler.kind=maskgit"], "not a sampler of family flow_image (flow)", {}),
-    (["eval", "--config", FLOW, "--set", "algo.theta_likelihood=maskgrpo"], "not offered by family flow_image", {}),
+    (["eval", "--config", FLOW, "--set", "algo.theta_likelihood=maskgrpo", "--set", "algo.inner_epochs=2"],
+     "not offered by family flow_image", {}),
+    (["eval", "--set", "algo.theta_likelihood=maskgrpo"], "with inner_epochs 1 its one rate is 0.999", {}),
     (["eval", "--set", "sampler.kind=flow"], "sampler.kind flow is not a sampler of family masked_image", {}),
     (["eval", "--set", "algo.mode=grpo", "--set", "algo.theta_objective=nft"],
      "algo.theta_objective nft is not offered by family masked_image (clipped)", {}),
@@ -120,6 +123,23 @@ def test_bad_metadata_files(content, message, workdir, capsys):
     fails(["generate", "--metadata", "m.jsonl", "--outdir", "out"], message, workdir, capsys, {"m.jsonl": content})
 
 
+TASK = {"task": "arith", "prompt": "347+58=", "answer": "405"}
+
+
+@pytest.mark.parametrize("content, message", [
+    (jsonl(TASK, {**TASK, "answer": "404"}), "t.jsonl:2: the answer '404' does not solve '347+58='"),
+    (jsonl({**TASK, "task": "poetry"}), "t.jsonl:1: unknown task 'poetry'"),
+    (jsonl({**TASK, "prompt": "347 + 58"}), "t.jsonl:1: '347 + 58' is not a arith prompt"),
+    (jsonl({"question": "How many?", "answer": "six"}), "t.jsonl:1: a GSM8K answer ends with '#### N'"),
+    (b"[" * 200_000 + b"\n", "t.jsonl:1: a line is at most 100,000 characters"),
+    (b'{"task": "arith", "prompt": "1+1=", "answer": ' + b"1" * 5000 + b"}\n", "t.jsonl:1: malformed JSON"),
+])
+def test_bad_task_files(content, message, workdir, capsys):
+    fails(["eval", "--config", TEXT, "--tasks", "t.jsonl"], message, workdir, capsys, {"t.jsonl": content})
+    fails([*TRAIN, "--config", TEXT, "--set", "train.prompts=t.jsonl"], message, workdir, capsys,
+          {"t.jsonl": content})
+
+
 @pytest.mark.parametrize("runtime", ["local", "ray"])  # ray: before any cluster starts (this takes no time)
 def test_bad_training_prompts_leave_no_run_directory(runtime, workdir, capsys):
     fails([*TRAIN, "--set", f"runtime={runtime}", "--set", "train.prompts=m.jsonl"], "m.jsonl:1: malformed JSON",
@@ -132,9 +152,9 @@ def test_bad_prompts(workdir, capsys):
     fails(["sample", "--prompt", "a photo of a \udcff circle", "--out", "x.png"], "unknown word", workdir, capsys)
 
 
-def tiny_mdm_file(arch: TinyArch, claimed: TinyArch) -> bytes:
-    """A TinyMDM checkpoint holding `arch`'s tensors whose metadata says `claimed`."""
-    tensors = {k: v.contiguous() for k, v in TinyMDM(arch).state_dict().items()}
+def tiny_mdm_file(arch: TinyArch, claimed: TinyArch, change=lambda name, tensor: tensor) -> bytes:
+    """A TinyMDM checkpoint holding `arch`'s tensors (each through `change`) whose metadata says `claimed`."""
+    tensors = {k: change(k, v.contiguous()) for k, v in TinyMDM(arch).state_dict().items()}
     return safetensors_bytes(tensors, metadata={"kind": "tiny_mdm", "arch": claimed.model_dump_json()})
 
 
@@ -155,6 +175,13 @@ SMALL = TinyArch(d_model=32, layers=1, heads=2, conv_layers=0)
      "checkpoint m.safetensors does not fit the model: "),
     ({"m.safetensors": tiny_mdm_file(SMALL, SMALL.model_copy(update={"layers": 2}))}, "m.safetensors",
      "does not fit the model: missing tensor"),
+    # a 4096-wide, 64-layer claim (tens of GB): refused by its tensors before anything is built
+    ({"m.safetensors": tiny_mdm_file(SMALL, SMALL.model_copy(update={"d_model": 4096, "layers": 64, "heads": 8}))},
+     "m.safetensors", "does not fit the model: missing tensor"),
+    ({"m.safetensors": tiny_mdm_file(SMALL, SMALL, lambda k, v: v.to(torch.int8) if k == "head.weight" else v)},
+     "m.safetensors", "checkpoint m.safetensors: head.weight holds int8, the model's is float32"),
+    ({"m.safetensors": tiny_mdm_file(SMALL, SMALL, lambda k, v: v * float("nan"))}, "m.safetensors",
+     "holds values that are not finite (NaN or infinite)"),
     ({"rundir": None}, "rundir", "run directory rundir has no complete checkpoint"),
 ])
 def test_bad_checkpoints(files, checkpoint, message, workdir, capsys):
@@ -164,7 +191,7 @@ def test_bad_checkpoints(files, checkpoint, message, workdir, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["eval", "--steps", "x"], "argument --steps: invalid int value: 'x'"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
-    (["generate", "--metadata", "m.jsonl"], "the following arguments are required: --outdir"),
+    (["generate", "--metadata", "m.jsonl"], "one of the arguments --outdir --out is required"),
     (["sample", "--prompt", "a photo of a circle", "--out", "x.png", "--n", "0"], "--n must be at least 1"),
     (["sample", "--prompt", "a photo of a circle", "--out", "x.jpg"], "--out must be a .png file"),
     (["eval", "--images", "imgs", "--steps", "4"], "--steps does not apply to --images"),

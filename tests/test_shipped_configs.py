@@ -134,3 +134,17 @@ def test_one_gpu_configs_train_two_iterations_on_cpu_with_tiny_models(name, tmp_
     assert rows[0]["train_theta"] and rows[0]["usable"] == 4
     assert (run / "checkpoints" / "iter_000002" / "model.safetensors").is_file()
     assert load_config(run / "config.yaml").model.path == str(folder)
+
+
+def test_llada_8gpu_fills_one_node_with_maskgrpos_text_setup():
+    config = load_config(CONFIGS / "llada-8gpu.yaml")
+    c, s, algo = config.cluster, config.sampler, config.algo
+    assert sum(n * gpus for n, gpus, _ in pools(c).values()) == GPUS_PER_NODE and c.reward_gpus == 0  # CPU verifier
+    assert (c.zero_stage, c.weight_sync) == (3, "collective")
+    assert (config.model.kind, config.model.trust_folder_code) == ("llada", True)
+    assert Path(config.model.path).is_absolute() and Path(config.train.prompts).is_absolute()
+    assert (s.kind, s.length, s.block_length, s.steps) == ("low_confidence", 256, 16, 128)  # MaskGRPO's text script
+    assert (algo.theta_likelihood, algo.inner_epochs, algo.maskgrpo_gamma, algo.group_size) == ("maskgrpo", 12, 0.6, 6)
+    batches = algo.rollout_prompts * algo.samples_per_prompt / s.batch_size
+    assert batches == int(batches) and batches % c.rollout_workers == 0
+    assert config.sampler.steps in config.train.eval_steps and config.eval.steps == config.sampler.steps

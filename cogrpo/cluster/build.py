@@ -18,8 +18,9 @@ from cogrpo.rewards.interface import Reward
 from cogrpo.rewards.registry import build_reward
 from cogrpo.rollout.flow_image.family import FlowImageFamily
 from cogrpo.rollout.masked_image.family import MaskedImageFamily
+from cogrpo.rollout.masked_text.family import MaskedTextFamily
 
-BUILTIN_FAMILIES = {"masked_image": MaskedImageFamily, "flow_image": FlowImageFamily}
+BUILTIN_FAMILIES = {"masked_image": MaskedImageFamily, "flow_image": FlowImageFamily, "masked_text": MaskedTextFamily}
 
 
 def family_of(config: Config) -> Family:

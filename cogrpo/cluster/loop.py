@@ -17,9 +17,9 @@ from tqdm import tqdm
 from cogrpo.cluster.metrics import MetricsSink
 from cogrpo.cluster.plots import plot_rewards, plot_schedule
 from cogrpo.cluster.run_dir import ResumePoint, RunDir, resume_point
-from cogrpo.data.geneval import read_metadata, resolve_metadata_path
 from cogrpo.data.grid import image_grid
 from cogrpo.data.prompts import training_records
+from cogrpo.data.records import read_records
 from cogrpo.learner.advantages import iteration_advantages
 from cogrpo.learner.checkpoint import load_rng, save_rng
 from cogrpo.proto.config import Config
@@ -94,8 +94,9 @@ class Runtime(Protocol):
 
 def read_prompt_sets(config: Config) -> tuple[list[dict] | None, dict[str, list[dict]]]:
     """The RL prompt pool (None: the generated train split) and the evaluation sets, validated."""
-    pool = read_metadata(resolve_metadata_path(config.train.prompts)) if config.train.prompts else None
-    return pool, {name: read_metadata(resolve_metadata_path(path)) for name, path in config.train.eval_metadata.items()}
+    samples = config.samples
+    pool = read_records(config.train.prompts, samples) if config.train.prompts else None
+    return pool, {name: read_records(path, samples) for name, path in config.train.eval_metadata.items()}
 
 
 class TrainingLoop:
@@ -224,11 +225,12 @@ class TrainingLoop:
         rewards = "  ".join(f"{k[7:]} {v:.3f}" for k, v in row.items() if k.startswith("reward/"))
         phase = "+".join(p for p, on in (("theta", row.get("train_theta")), ("phi", row.get("train_phi"))) if on)
         extra = f"  staleness {row['staleness']:.1f}" if "staleness" in row else ""
+        unit = "img/s" if self.config.samples == "images" else "samples/s"
         if bar.disable:
-            say(f"iteration {row['iteration']}/{total}  {rewards}  {row['images_per_s']:.1f} img/s  "
+            say(f"iteration {row['iteration']}/{total}  {rewards}  {row['images_per_s']:.1f} {unit}  "
                 f"{row['iteration_s']:.1f} s{extra}  [{phase}]")
         else:
-            bar.set_postfix_str(f"{rewards}  {row['images_per_s']:.1f} img/s{extra}  [{phase}]", refresh=False)
+            bar.set_postfix_str(f"{rewards}  {row['images_per_s']:.1f} {unit}{extra}  [{phase}]", refresh=False)
             bar.update()
 
     def evaluate(self, iteration: int) -> list[dict]:
@@ -273,13 +275,18 @@ class TrainingLoop:
                                                          **self.runtime.state()})
 
     def close(self) -> None:
-        self.runtime.close()
-        self.metrics.close()
+        try:
+            self.runtime.close()
+            self.metrics.close()
+        finally:
+            if getattr(self, "run", None) is not None:
+                self.run.release()
 
     @staticmethod
     def _eval_line(rows: list[dict]) -> str:
         """Each split's GenEval overall (on families that have one) and its mean rewards (on any model)."""
-        return "  ".join(f"eval {r['split']}@{r['steps']}" + (f" overall {r['overall']:.3f}" if "overall" in r else "")
+        return "  ".join(f"eval {r['split']}@{r['steps']}" + "".join(f" {k} {r[k]:.3f}" for k in ("overall", "accuracy")
+                                                                  if k in r)
                          + "".join(f" {k[7:]} {v:.3f}" for k, v in r.items() if k.startswith("reward/"))
                          for r in rows)
 

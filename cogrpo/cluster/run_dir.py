@@ -1,10 +1,12 @@
 """A run directory as the loop keeps it (its layout is cogrpo/proto/layout.py): created for a new run, or reopened
-where a resumed run continues, with the rows logged so far."""
+where a resumed run continues, with the rows logged so far. One process writes a run directory at a time: it holds
+the directory's lock file (its pid and host) until it closes; a lock whose process is gone is taken over."""
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +42,9 @@ def resume_point(config: Config, run_dir: str | None, resume: str | None) -> Res
     layout = RunLayout(path)
     checkpoint = layout.latest() if resume == "auto" else Path(resume)
     if checkpoint is None:
+        if path.is_dir() and any(path.iterdir()) and not layout.marker.is_file():
+            raise InputError(f"--resume auto: {path} is not a cogrpo run directory (no {layout.marker.name}) and not "
+                             "empty: nothing of it would be kept, so it is left alone")
         return ResumePoint(path, None, {})
     if not layout.holds(checkpoint):
         raise InputError(f"--resume {resume}: not a checkpoint folder of run directory {path} "
@@ -61,6 +66,7 @@ class RunDir:
         self.layout = RunLayout(path)
         self.metrics: list[dict] = []
         self.evals: list[dict] = []
+        self.locked = False
 
     @classmethod
     def create(cls, config: Config, override: str | None = None) -> RunDir:
@@ -86,8 +92,38 @@ class RunDir:
             raise InputError(f"run directory {path} exists and is not a directory")
         path.mkdir(parents=True, exist_ok=True)
         run = cls(path)
+        run._claim()
+        run.layout.marker.touch()
         run.layout.config.write_text(dump_config(config))
         return run
+
+    def _claim(self) -> None:
+        """Take the directory's lock, or refuse naming the process that holds it."""
+        lock = self.layout.lock
+        mine = lock.with_name(f".lock.{os.getpid()}")  # written whole, then linked: a lock is never half-written
+        mine.write_text(f"{os.getpid()} {socket.gethostname()}\n", encoding="utf-8")
+        try:
+            for _ in range(2):
+                try:
+                    os.link(mine, lock)
+                except FileExistsError:
+                    owner = _live_owner(lock)
+                    if owner is not None:
+                        raise InputError(f"run directory {self.path} is in use by {owner} (a run directory has one "
+                                         f"writer; if that process is gone, delete {lock})") from None
+                    lock.unlink(missing_ok=True)  # its process is gone
+                    continue
+                self.locked = True
+                return
+        finally:
+            mine.unlink(missing_ok=True)
+        raise InputError(f"run directory {self.path}: cannot take its lock {lock}")
+
+    def release(self) -> None:
+        """Give the lock back (once; the loop calls it when it closes)."""
+        if self.locked:
+            self.layout.lock.unlink(missing_ok=True)
+            self.locked = False
 
     @staticmethod
     def _keep_rows(path: Path, through: int) -> list[dict]:
@@ -112,6 +148,23 @@ class RunDir:
     def log_eval(self, row: dict) -> None:
         self.evals.append(row)
         self._append(self.layout.evals, row)
+
+
+def _live_owner(lock: Path) -> str | None:
+    """"process PID on HOST" when the lock's writer may still run (another host's cannot be checked), else None."""
+    try:
+        pid_text, host = lock.read_text(encoding="utf-8").split()
+        pid = int(pid_text)
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None  # not a lock this code writes (they are written whole)
+    if host == socket.gethostname():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+    return f"process {pid} on {host}"
 
 
 def _parse_row(line: str) -> dict | None:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from cogrpo.data.jsonl import read_jsonl
 from cogrpo.data.prompts import TASKS, tokenize
 from cogrpo.data.world import CLASSES, COLORS, RELATIONS
 from cogrpo.proto.errors import InputError
@@ -77,25 +78,7 @@ def validate_record(record: object, where: str) -> dict:
 
 
 def read_metadata(path: str | Path) -> list[dict]:
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"metadata file not found: {path}")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise InputError(f"metadata file is not UTF-8 text: {path}") from None
-    records = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{path}:{number}: malformed JSON ({exc.msg})") from None
-        records.append(validate_record(record, f"{path}:{number}"))
-    if not records:
-        raise InputError(f"metadata file is empty: {path}")
-    return records
+    return [validate_record(record, where) for where, record in read_jsonl(path, "metadata")]
 
 
 def write_jsonl(path: str | Path, rows: list[dict]) -> None:

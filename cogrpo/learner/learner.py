@@ -77,6 +77,9 @@ class Learner:
                  reference: torch.nn.Module | None = None):
         self.model, self.policy, self.algo = model, policy, config.algo
         self.estimator = family.estimator(config.algo.theta_likelihood, config.algo)
+        # an estimator whose scores are not the sampler's weighs stale samples by the sampler's own likelihood
+        self.replay = family.estimator("trajectory", config.algo) if config.algo.theta_likelihood != "trajectory" \
+            else None
         self.forward = None if config.algo.theta_objective == "clipped" else \
             family.forward_objective(config.algo.theta_objective, config.algo)
         self.iterations = config.train.iterations
@@ -135,10 +138,12 @@ class Learner:
         estimator, algo = self.estimator, self.algo
         inputs = estimator.inputs(traj, algo.inner_epochs)
         behaviour = estimator.behaviour(traj, steps)
-        olds = None
+        olds, stale_log_weight = None, None
         if behaviour is None or stale:
             with torch.no_grad():
                 olds = [estimator.log_probs(self.model, traj, steps, view, select).logp for view in inputs]
+                if behaviour is None and stale:
+                    stale_log_weight = self._stale_log_weight(traj, steps, select)
         rows = []
         for epoch, chunk, mb, mb_view in self._theta_minibatches(traj, inputs):
             scored = estimator.log_probs(self.model, mb, steps, mb_view, select[chunk])
@@ -148,9 +153,21 @@ class Learner:
                 with torch.no_grad():
                     ref_logp = estimator.log_probs(self.reference, mb, steps, mb_view, select[chunk]).logp
             mb_behaviour = None if behaviour is None else behaviour[chunk]
+            if stale_log_weight is not None:  # the behaviour that makes exp(old - behaviour) the sample's weight
+                mb_behaviour = old - stale_log_weight[chunk, None, None]
             loss, m = theta_objective(scored.logp, scored.mask, old, mb_behaviour, adv[chunk], algo, ref_logp)
             rows.append({**m, "loss_theta": loss.item(), "grad_norm_theta": self.theta_step(loss)})
         return rows
+
+    def _stale_log_weight(self, traj: Trajectory, steps: list[int], select: torch.Tensor) -> torch.Tensor:
+        """(B,): log of a stale sample's behaviour -> old weight for an estimator with no per-action behaviour
+        log-probs (a re-masking one): the sampler's own actions replayed under the old weights against their recorded
+        log-probs, averaged per action (a geometric-mean ratio, so its size does not grow with the sample's length).
+        The objective truncates it as it does per-action weights."""
+        replayed = self.replay.log_probs(self.model, traj, steps, {}, select)
+        recorded = self.replay.behaviour(traj, steps)
+        mask = replayed.mask
+        return ((replayed.logp - recorded) * mask).sum((1, 2)) / mask.sum((1, 2)).clamp(min=1)
 
     def _update_theta_forward(self, traj: Trajectory, adv: torch.Tensor) -> list[dict]:
         """Inner epochs of a likelihood-free objective's steps on theta; the old predictions are theta's before

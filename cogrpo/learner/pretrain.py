@@ -1,9 +1,10 @@
-"""Supervised pretraining of the tiny models from scratch on the shapes world.
+"""Supervised pretraining of the tiny models from scratch on their worlds.
 
-Each batch: sample GenEval records over all six tasks and render them; a fraction of prompts is replaced by the
-null prompt so classifier-free guidance works. Then the model's objective: TinyMDM's BERT-style masked-token
-cross-entropy (a cosine-distributed fraction of tokens masked per image), TinyFlow's rectified-flow velocity
-regression (times logit-normal, as SD3 trains).
+Image models: each batch samples GenEval records over all six tasks and renders them; a fraction of prompts is
+replaced by the null prompt so classifier-free guidance works. Then the model's objective: TinyMDM's BERT-style
+masked-token cross-entropy (a cosine-distributed fraction of tokens masked per image), TinyFlow's rectified-flow
+velocity regression (times logit-normal, as SD3 trains). TinyMDLM: tasks of the reasoning world's training split,
+their reference answers as completions, the masked-diffusion cross-entropy on the completion.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ import torch
 import torch.nn.functional as F
 
 from cogrpo.data.prompts import TASKS, sample_records
+from cogrpo.data.reasoning import ANSWER_MARK, sample_tasks
 from cogrpo.data.world import render, to_rgb
 from cogrpo.learner.objectives import cosine_decay
 from cogrpo.models.interface import MaskedTokenModel
 from cogrpo.models.tiny_flow import TinyFlow, images_to_latents
+from cogrpo.models.tiny_mdlm import TinyMDLM
 from cogrpo.proto.config import PretrainConfig
 
 
@@ -47,15 +50,18 @@ def mask_tokens(tokens: torch.Tensor, mask_id: int, generator: torch.Generator) 
     return tokens.masked_fill(masked, mask_id), masked
 
 
-def masked_token_loss(model: MaskedTokenModel, images: np.ndarray, cond: torch.Tensor,
+def masked_token_loss(model: MaskedTokenModel, rng: random.Random, config: PretrainConfig,
                       generator: torch.Generator) -> torch.Tensor:
+    images, cond = make_batch(model, rng, config.batch_size, config.p_uncond, generator)
     tokens = torch.from_numpy(model.tokenizer.encode(images))
     inputs, masked = mask_tokens(tokens, model.mask_id, generator)
     return F.cross_entropy(model(inputs, cond)[masked], tokens[masked])
 
 
-def velocity_loss(model: TinyFlow, images: np.ndarray, cond: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def velocity_loss(model: TinyFlow, rng: random.Random, config: PretrainConfig,
+                  generator: torch.Generator) -> torch.Tensor:
     """|v(x_t, t) - (eps - x_0)|^2 at x_t = (1 - t) x_0 + t eps, t = sigmoid(N(0, 1))."""
+    images, cond = make_batch(model, rng, config.batch_size, config.p_uncond, generator)
     x0 = images_to_latents(images)
     t = torch.sigmoid(torch.randn(len(x0), generator=generator))
     eps = torch.randn(x0.shape, generator=generator)
@@ -63,7 +69,29 @@ def velocity_loss(model: TinyFlow, images: np.ndarray, cond: torch.Tensor, gener
     return F.mse_loss(model(x_t, t, cond), eps - x0)
 
 
-LOSSES = {"tiny_mdm": masked_token_loss, "tiny_flow": velocity_loss}
+def mask_completions(tokens: torch.Tensor, mask_id: int, generator: torch.Generator) -> tuple[torch.Tensor,
+                                                                                                   torch.Tensor]:
+    """Each position masked with probability t ~ U(0, 1) per row; for half the rows also everything after a random
+    cut, the states a block-by-block sampler visits. At least one position per row."""
+    b, n = tokens.shape
+    masked = torch.rand(b, n, generator=generator) < torch.rand(b, 1, generator=generator)
+    cut = torch.randint(0, n, (b, 1), generator=generator)
+    cut[torch.rand(b, generator=generator) < 0.5] = n
+    masked |= torch.arange(n)[None, :] >= cut
+    masked[torch.arange(b), torch.randint(0, n, (b,), generator=generator)] = True
+    return tokens.masked_fill(masked, mask_id), masked
+
+
+def masked_text_loss(model: TinyMDLM, rng: random.Random, config: PretrainConfig,
+                     generator: torch.Generator) -> torch.Tensor:
+    """Cross-entropy at the masked positions of the reference completions ("#" and the answer, EOS after)."""
+    tasks = sample_tasks(rng, config.batch_size, "train")
+    tokens = model.encode_completions([ANSWER_MARK + t["answer"] for t in tasks])
+    inputs, masked = mask_completions(tokens, model.mask_id, generator)
+    return F.cross_entropy(model(inputs, model.encode_prompts([t["prompt"] for t in tasks]))[masked], tokens[masked])
+
+
+LOSSES = {"tiny_mdm": masked_token_loss, "tiny_flow": velocity_loss, "tiny_mdlm": masked_text_loss}
 
 
 def lr_at(step: int, config: PretrainConfig) -> float:
@@ -86,8 +114,7 @@ def pretrain(model: torch.nn.Module, config: PretrainConfig, seed: int,
     for step in range(config.steps):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, config)
-        images, cond = make_batch(model, rng, config.batch_size, config.p_uncond, generator)
-        loss = objective(model, images, cond, generator)
+        loss = objective(model, rng, config, generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
@@ -97,5 +124,5 @@ def pretrain(model: torch.nn.Module, config: PretrainConfig, seed: int,
             log({"step": step + 1, "loss": round(loss.item(), 4), "loss_ema": round(ema, 4),
                  "lr": group["lr"], "seconds": round(time.time() - start, 1)})
     model.eval()
-    return {"steps": config.steps, "images": config.steps * config.batch_size,
+    return {"steps": config.steps, "samples": config.steps * config.batch_size,
             "seconds": round(time.time() - start, 1), "loss_ema": round(ema, 4)}

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import torch
 
-from cogrpo.data.weights import load_state_into, load_tensors, save_tensors
+from cogrpo.data.weights import check_fits, load_state_into, load_tensors, save_tensors
 from cogrpo.models.tiny_flow import TinyFlow
+from cogrpo.models.tiny_mdlm import TinyMDLM
 from cogrpo.models.tiny_mdm import TinyMDM
 from cogrpo.proto.config import FOLDER_MODELS, ModelConfig, TinyArch
 from cogrpo.proto.errors import InputError
@@ -16,7 +17,7 @@ from cogrpo.proto.layout import exported_model_of
 
 BUILTIN_DIR = Path(__file__).parent / "weights"
 BUILTIN_PREFIX = "builtin:"
-TINY_MODELS = {"tiny_mdm": TinyMDM, "tiny_flow": TinyFlow}  # built from an architecture, trained from scratch
+TINY_MODELS = {"tiny_mdm": TinyMDM, "tiny_flow": TinyFlow, "tiny_mdlm": TinyMDLM}  # built from an architecture, trained from scratch
 
 
 def resolve_checkpoint_path(spec: str) -> Path:
@@ -45,19 +46,25 @@ def read_checkpoint(path: str | Path, kind: str) -> tuple[dict[str, torch.Tensor
     return tensors, metadata
 
 
-def load_model(path: str | Path, kind: str = "tiny_mdm") -> TinyMDM | TinyFlow:
+def load_model(path: str | Path, kind: str = "tiny_mdm") -> TinyMDM | TinyFlow | TinyMDLM:
     tensors, metadata = read_checkpoint(path, kind)
     try:
         arch = TinyArch.model_validate(json.loads(metadata["arch"]))
     except (KeyError, ValueError) as exc:
         raise InputError(f"checkpoint {path} has no valid architecture metadata ({exc})") from None
+    with torch.device("meta"):  # the architecture the metadata claims, checked against the tensors before it is built
+        check_fits(TINY_MODELS[kind](arch).state_dict(), tensors, str(path))
     model = TINY_MODELS[kind](arch)
     load_state_into(model, tensors, str(path))
     return model
 
 
-def _load_folder_model(config: ModelConfig) -> torch.nn.Module:
-    """diffusers is optional and slow to import: only folder models import it."""
+def _load_folder_model(config: ModelConfig, length: int | None) -> torch.nn.Module:
+    """diffusers and transformers are slow to import: only folder models import them."""
+    if config.kind == "llada":
+        from cogrpo.models.llada import load_llada
+
+        return load_llada(config.path, length, config.prompt_tokens, config.trust_folder_code)
     if config.kind == "amused":
         from cogrpo.models.amused import load_amused
 
@@ -75,13 +82,13 @@ def _load_folder_model(config: ModelConfig) -> torch.nn.Module:
     return load_meissonic(config.path, config.resolution, config.trust_folder_code)
 
 
-def build_model(config: ModelConfig) -> torch.nn.Module:
+def build_model(config: ModelConfig, length: int | None = None) -> torch.nn.Module:
     """The configured model. TinyMDM, TinyFlow: loaded from a checkpoint (whose metadata fixes the architecture), or
     fresh.
-    aMUSEd, Meissonic, SD3, FLUX: their local folder, then the fine-tuned transformer weights of `checkpoint` if
-    one is named."""
+    aMUSEd, Meissonic, SD3, FLUX, LLaDA: their local folder, then the fine-tuned transformer weights of `checkpoint` if
+    one is named. length: a folder text model's completion positions (sampler.length)."""
     if config.kind in FOLDER_MODELS:
-        model = _load_folder_model(config)
+        model = _load_folder_model(config, length)
         if config.checkpoint is not None:
             path = resolve_checkpoint_path(config.checkpoint)
             load_state_into(model, read_checkpoint(path, config.kind)[0], str(path))

@@ -75,7 +75,9 @@ class MaskedTokenModel(OnDevice, nn.Module, ABC):
     """Given token ids (with `mask_id` where masked) and conditioning, logits over the codebook everywhere.
 
     Conditioning is a tensor whose first dimension is the batch; classifier-free guidance is the sampler's
-    business, through `null_conditioning`.
+    business, through `null_conditioning`. An image model takes its codebook and grid from its tokenizer; a text
+    model (TinyMDLM) overrides `codebook_size` and `num_tokens` (its vocabulary and completion length) and decodes
+    texts instead of images.
     """
 
     kind: str  # the ModelConfig.kind that builds it; checkpoints record it

@@ -6,6 +6,10 @@ class InputError(ValueError):
     """Bad user input: config, prompts, metadata, checkpoint or CLI arguments."""
 
 
+class Interrupted(Exception):
+    """Ctrl-C (SIGINT) during a command; its message says where a run can continue. Exit code 130."""
+
+
 class FaultError(RuntimeError):
     """A failure the runtime could not recover from (a dead learner, an actor out of restarts). Its message names
     the last complete checkpoint, where the run can continue."""

@@ -19,6 +19,7 @@ class Knob:
 
 MASKED_IMAGE_KNOBS = (Knob("remask_ratio", "unit"), Knob("temperature", "positive"),
                       Knob("remask_temperature", "positive"), Knob("guidance", "positive"))
+MASKED_TEXT_KNOBS = MASKED_IMAGE_KNOBS[:3]  # the same knobs, without guidance
 # step_fraction: the share of the time left (the noise level) a step removes; noise_level: the SDE's a
 FLOW_IMAGE_KNOBS = (Knob("step_fraction", "unit"), Knob("noise_level", "positive"), Knob("guidance", "positive"))
 
@@ -38,9 +39,11 @@ FAMILIES: dict[str, FamilyInfo] = {
                                ("maskgit", "emerge"), ("trajectory", "maskgrpo")),
     "flow_image": FamilyInfo("images", FLOW_IMAGE_KNOBS, ("tiny_flow", "sd3", "flux"), ("flow",), ("trajectory",),
                              ("clipped", "nft")),
+    "masked_text": FamilyInfo("texts", MASKED_TEXT_KNOBS, ("tiny_mdlm", "llada"), ("low_confidence", "random"),
+                              ("trajectory", "maskgrpo", "d1", "unigrpo")),
 }
 FAMILY_OF_KIND = {kind: name for name, info in FAMILIES.items() for kind in info.kinds}
 
 # What each built-in reward scores (each reward class declares the same as `scores`; a test holds them together).
 REWARD_SCORES = {"shapes": "images", "clip": "images", "hps": "images", "image_reward": "images",
-                 "vlm_judge": "images"}
+                 "vlm_judge": "images", "reasoning": "texts"}

@@ -2,6 +2,7 @@
 naming a complete checkpoint. Whoever writes or reads a run goes through these names.
 
     <run>/config.yaml  metrics.jsonl  eval.jsonl  reward_curve.png  schedule.png  samples_iter_NNNNNN.png
+    <run>/.cogrpo-run  (marks a cogrpo run)   <run>/.lock  (the writing process, while it runs)
     <run>/checkpoints/iter_NNNNNN/  (state.json last)   <run>/checkpoints/latest  (names the newest complete one)
 
 A checkpoint's parts are written by the processes that own them into `.iter_NNNNNN.partial`; the driver then
@@ -58,6 +59,8 @@ class RunLayout:
         self.reward_curve = self.root / "reward_curve.png"
         self.schedule_plot = self.root / "schedule.png"
         self.checkpoints = self.root / "checkpoints"
+        self.marker = self.root / ".cogrpo-run"
+        self.lock = self.root / ".lock"
         self.latest_marker = self.checkpoints / "latest"
 
     def samples(self, iteration: int) -> Path:

@@ -9,6 +9,7 @@ import numpy as np
 from cogrpo.proto.config import RewardConfig
 from cogrpo.proto.plugins import load_plugin
 from cogrpo.rewards.interface import Reward
+from cogrpo.rewards.reasoning import ReasoningReward
 from cogrpo.rewards.shapes import ShapesReward
 
 
@@ -17,6 +18,8 @@ def build_reward(config: RewardConfig) -> Reward:
     own (kind plugin) is its class called with this section."""
     if config.kind == "shapes":
         return ShapesReward(config.head, name=config.name)
+    if config.kind == "reasoning":
+        return ReasoningReward(config.head, name=config.name)
     if config.kind == "clip":
         from cogrpo.rewards.clip import ClipReward
 

@@ -80,6 +80,8 @@ def test_local_run_killed_after_its_checkpoint_resumes_to_the_same_end(tmp_path,
         doomed.fit()
     assert (run / "checkpoints" / "latest").read_text() == "iter_000003"
     assert len(rows(run)) == 5  # rows 4 and 5 outlived the checkpoint: the resumed run must drop them
+    assert RunLayout(run).lock.exists()  # a killed process leaves its lock behind; here it still lives, so
+    doomed.close()  # the loop closes as the process's death would free it
     torch.manual_seed(99), np.random.seed(99), random.seed(99)  # a new process would not share these states
     resumed = trainer(config, str(run), log=lambda line: None, resume="auto")
     assert resumed.start == 3
@@ -132,9 +134,13 @@ def test_resume_edge_cases_through_the_cli(tmp_path, tiny_overrides, capsys):
     for item in tiny_overrides:
         base += ["--set", item]
 
-    # a job killed before its first checkpoint left a row behind: --resume auto starts over, without that row
+    # a directory of the user's that is no cogrpo run is not "started over" (emptied) by --resume auto
     run.mkdir()
     (run / "metrics.jsonl").write_text('{"iteration": 1, "stale": true}\n{"iteration": 2, "trunc')
+    assert main([*base, "--resume", "auto"]) == 2
+    assert "not a cogrpo run directory" in capsys.readouterr().err and "stale" in (run / "metrics.jsonl").read_text()
+    # a job killed before its first checkpoint left a row behind: --resume auto starts over, without that row
+    RunLayout(run).marker.touch()
     assert main([*base, "--resume", "auto"]) == 0
     assert [(r["iteration"], "stale" in r) for r in rows(run)] == [(1, False), (2, False)]
 
@@ -160,3 +166,39 @@ def test_resume_edge_cases_through_the_cli(tmp_path, tiny_overrides, capsys):
     ]:
         assert main(argv) == 2
         assert message in capsys.readouterr().err
+
+
+def test_a_run_directory_has_one_writer_and_ctrl_c_names_where_to_continue(tmp_path, tiny_overrides, capsys,
+                                                                          monkeypatch):
+    from cogrpo.cluster.loop import TrainingLoop
+
+    run = tmp_path / "run"
+    base = ["train", "--config", "configs/smoke-cpu.yaml", "--run-dir", str(run), "--set", "runtime=local",
+            "--set", "train.eval_at_start=false", "--set", "train.checkpoint_every=1"]
+    for item in tiny_overrides:
+        base += ["--set", item]
+    layout = RunLayout(run)
+    run.mkdir()
+    layout.marker.touch()
+    layout.lock.write_text(f"{os.getpid()} {__import__('socket').gethostname()}\n")  # a live writer: this process
+    assert main([*base, "--resume", "auto"]) == 2
+    assert f"in use by process {os.getpid()}" in capsys.readouterr().err and not layout.config.exists()
+
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    layout.lock.write_text(f"{done.stdout.strip()} {__import__('socket').gethostname()}\n")  # its process is gone
+    iterate = TrainingLoop.iterate
+
+    def interrupted_at_the_second(self, iteration):
+        if iteration == 1:
+            raise KeyboardInterrupt
+        return iterate(self, iteration)
+
+    monkeypatch.setattr(TrainingLoop, "iterate", interrupted_at_the_second)
+    assert main([*base, "--resume", "auto"]) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == (f"cogrpo: interrupted; the last complete checkpoint is {layout.checkpoint(1).folder}: continue "
+                   "with --resume auto")
+    assert not layout.lock.exists()  # released on the way out
+    monkeypatch.setattr(TrainingLoop, "iterate", iterate)
+    assert main([*base, "--resume", "auto"]) == 0
+    assert [r["iteration"] for r in rows(run)] == [1, 2]

@@ -13,9 +13,9 @@ from cogrpo.models.schedule_policy import PolicySchedule, SchedulePolicy, squash
 from cogrpo.models.tiny_mdm import TinyMDM
 from cogrpo.proto.config import AlgoConfig, Config, SamplerConfig, SchedulePolicyConfig, TinyArch
 from cogrpo.proto.kinds import MASKED_IMAGE_KNOBS
-from cogrpo.rollout.masked_image.estimators import TrajectoryReplay, maskgrpo_rates, random_mask
+from cogrpo.rollout.masked.estimators import TrajectoryReplay, maskgrpo_rates, random_mask
 from cogrpo.rollout.masked_image.family import MaskedImageFamily, effective_knobs, hand_knobs
-from cogrpo.rollout.masked_image.sampler import ScheduleInputs, generate, replay_log_probs
+from cogrpo.rollout.masked.sampler import ScheduleInputs, generate, replay_log_probs
 from cogrpo.rollout.schedule import HandSchedule
 from cogrpo.rollout.steps import full_plan
 
@@ -233,3 +233,29 @@ def test_knobs_that_cannot_change_the_outcome_carry_no_log_prob(setup):
     steps_trained = list(range(steps))
     assert torch.allclose(phi_log_probs(policy, wild, steps_trained)[0], phi_log_probs(policy, traj, steps_trained)[0])
     assert torch.allclose(phi_log_probs(policy, traj, steps_trained)[0], traj.sched_logp, atol=1e-5)
+
+
+def test_a_stale_sample_under_a_remasking_estimator_is_weighted_by_the_samplers_own_likelihood_ratio(setup):
+    """MaskGRPO's scores are not the sampler's, so a stale sample's behaviour -> old weight comes from replaying the
+    sampler's actions: 1 under the weights that sampled it, exp of the per-token mean log-ratio under moved ones."""
+    model, policy, traj = setup
+    config = Config(algo=AlgoConfig(theta_likelihood="maskgrpo", inner_epochs=2))
+    steps, select = list(range(traj.steps)), torch.ones(traj.batch_size, traj.steps, dtype=torch.bool)
+    learner = Learner(model, policy, config, MaskedImageFamily(config))
+    with torch.no_grad():
+        assert torch.allclose(learner._stale_log_weight(traj, steps, select), torch.zeros(len(PROMPTS)), atol=1e-5)
+        moved = copy.deepcopy(model)
+        moved.head.bias.add_(torch.linspace(-1, 1, moved.head.bias.numel()))
+        learner.model = moved
+        replay = TrajectoryReplay().log_probs(moved, traj, steps, {}, select)
+        recorded = traj.tensors["token_logp"][:, None, :]
+        expected = [((replay.logp[b] - recorded[b]) * replay.mask[b]).sum() / replay.mask[b].sum()
+                    for b in range(len(PROMPTS))]
+        got = learner._stale_log_weight(traj, steps, select)
+    assert torch.allclose(got, torch.stack(expected), atol=1e-5) and got.abs().min() > 1e-3
+
+
+def test_maskgrpo_refuses_a_single_inner_epoch():
+    """With one inner epoch MaskGRPO's only rate is 0.999: the whole sample masked, no truncation."""
+    with pytest.raises(ValueError, match="inner_epochs"):
+        AlgoConfig(theta_likelihood="maskgrpo", inner_epochs=1)

@@ -11,7 +11,7 @@ from cogrpo.models.checkpoint import build_model, save_model
 from cogrpo.proto.config import ModelConfig, SamplerConfig, load_config
 from cogrpo.proto.errors import InputError
 from cogrpo.rollout.masked_image.family import hand_knobs
-from cogrpo.rollout.masked_image.sampler import _gumbel, generate
+from cogrpo.rollout.masked.sampler import _gumbel, generate
 from cogrpo.rollout.schedule import HandSchedule
 
 pytestmark = pytest.mark.usefixtures("single_thread")

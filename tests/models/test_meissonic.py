@@ -138,7 +138,7 @@ def test_folder_code_runs_only_with_the_flag(folder):
         load_meissonic(folder, 16, trust_folder_code=False)
     config = load_config(None, ["model.kind=meissonic", f"model.path={folder}", "model.trust_folder_code=true"])
     assert (config.model.checkpoint, config.model.resolution) == (None, 1024)  # Meissonic's release
-    with pytest.raises(InputError, match="only for kind meissonic"):
+    with pytest.raises(InputError, match="only for kinds meissonic and llada"):
         load_config(None, ["model.trust_folder_code=true"])
     with pytest.raises(InputError, match="needs resolution"):
         load_config(None, ["model.kind=meissonic", f"model.path={folder}", "model.trust_folder_code=true",

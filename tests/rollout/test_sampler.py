@@ -6,9 +6,9 @@ import torch
 from cogrpo.models.tiny_mdm import TinyMDM
 from cogrpo.proto.config import SamplerConfig, TinyArch
 from cogrpo.proto.messages import Trajectory
-from cogrpo.rollout.masked_image.estimators import committed_at
+from cogrpo.rollout.masked.estimators import committed_at
 from cogrpo.rollout.masked_image.family import KNOB_NAMES, hand_knobs
-from cogrpo.rollout.masked_image.sampler import canvas_before, generate, replay_log_probs
+from cogrpo.rollout.masked.sampler import canvas_before, generate, replay_log_probs
 from cogrpo.rollout.schedule import HandSchedule
 
 PROMPTS = ["a photo of a red circle", "a photo of three squares", "a photo of a blue square left of a red circle",

@@ -71,7 +71,7 @@ class AlgoConfig(Section):
     # > 0: the run evaluates and exports an exponential moving average of theta with this decay per theta
     # iteration (cogrpo/learner/averaging.py); rollouts sample the live weights either way
     ema_decay: float = Field(0.0, ge=0, lt=1)
-    theta_likelihood: Literal["trajectory", "maskgrpo"] = "trajectory"
+    theta_likelihood: Literal["trajectory", "maskgrpo", "d1", "unigrpo"] = "trajectory"
     # theta's objective: the clipped surrogate on replayed log-probs, or DiffusionNFT's likelihood-free one on the
     # forward process (a flow family's): the implicit positive policy (1 - nft_beta) v_old + nft_beta v and negative
     # (1 + nft_beta) v_old - nft_beta v, weighted by 1/2 + clip(A / nft_adv_clip, -1, 1) / 2 and its complement
@@ -92,6 +92,10 @@ class AlgoConfig(Section):
         if self.steps.mode == "none" and (self.theta_objective == "clipped" or self.mode != "grpo"):
             raise ValueError("algo.steps.mode none samples no step: it needs algo.theta_objective nft and mode grpo "
                              "(the clipped surrogate and the schedule policy learn from sampled steps)")
+        if self.theta_likelihood == "maskgrpo" and self.inner_epochs < 2:
+            raise ValueError("theta_likelihood maskgrpo re-masks at rates rising over the inner epochs; with "
+                             "inner_epochs 1 its one rate is 0.999, the fully masked sample with no truncation: set "
+                             "algo.inner_epochs (MaskGRPO: 12 for text, 6 for images)")
         if self.token_average == "token" and self.ratio != "token_mean":
             raise ValueError("token_average: token needs ratio: token_mean (step_product has one ratio per step)")
         return self

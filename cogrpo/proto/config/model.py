@@ -28,7 +28,7 @@ class TinyArch(Section):
         return self
 
 
-FOLDER_MODELS = ("amused", "meissonic", "sd3", "flux")  # backbones loaded from a local folder of pretrained components
+FOLDER_MODELS = ("amused", "meissonic", "sd3", "flux", "llada")  # backbones loaded from a local folder of pretrained components
 
 
 class ModelConfig(Section):
@@ -36,20 +36,24 @@ class ModelConfig(Section):
     # it runs it)
     family: str | None = None
     # none: a family of one's own
-    kind: Literal["tiny_mdm", "amused", "meissonic", "tiny_flow", "sd3", "flux"] | None = "tiny_mdm"
-    # tiny_mdm, tiny_flow: a safetensors file, "builtin:tiny_mdm" ("builtin:tiny_flow") for the shipped checkpoint,
-    # or null for a fresh random model.
+    kind: Literal["tiny_mdm", "amused", "meissonic", "tiny_flow", "sd3", "flux", "tiny_mdlm", "llada"] | None = \
+        "tiny_mdm"
+    # tiny_mdm, tiny_flow, tiny_mdlm: a safetensors file, "builtin:<kind>" for the shipped checkpoint, or null for a
+    # fresh random model.
     # amused, meissonic, sd3, flux: null for the folder's own weights, or fine-tuned ones (a safetensors file or a run
     # directory).
     checkpoint: str | None = "builtin:tiny_mdm"
-    arch: TinyArch = TinyArch()  # tiny_mdm, tiny_flow: the architecture of a fresh model
+    arch: TinyArch = TinyArch()  # tiny_mdm, tiny_flow, tiny_mdlm: the architecture of a fresh model
     # amused, sd3, flux: a local folder in the diffusers AmusedPipeline (StableDiffusion3Pipeline, FluxPipeline)
     # layout; meissonic: a local Meissonic snapshot with its src/transformer.py. Contents are checked when the
     # model is built, on the machine that builds it (a driver need not hold the weights its GPU workers load).
     path: str | None = None
     # meissonic: its transformer class is Python code inside the folder, and loading it runs that code; so it is
-    # refused unless this is true.
+    # refused unless this is true. llada: the same for a folder that ships its model code (LLaDA's auto_map); a
+    # plain transformers masked LM needs no trust.
     trust_folder_code: bool = False
+    # llada: the prompt's tokens (chat template included), left-padded to this many; a longer prompt is refused
+    prompt_tokens: int | None = Field(None, ge=1, le=32768)
     # meissonic, flux: pixels per side (1024 by default: their transformers have no fixed size); sd3: by default
     # the transformer's sample size
     resolution: int | None = Field(None, gt=0)
@@ -68,14 +72,16 @@ class ModelConfig(Section):
             return data
         if is_plugin_ref(data.get("family")):
             return {"kind": None, "checkpoint": None, **data}
-        if data.get("kind") == "tiny_flow":
-            data = {"checkpoint": "builtin:tiny_flow", **data}
+        if data.get("kind") in ("tiny_flow", "tiny_mdlm"):
+            data = {"checkpoint": f"builtin:{data['kind']}", **data}
         if data.get("kind") in FOLDER_MODELS:
             data = {"checkpoint": None, **data}
             if data["kind"] in ("meissonic", "flux"):
                 data = {"resolution": 1024, **data}
             if data["kind"] == "flux":
                 data = {"embedded_guidance": 3.5, **data}
+            if data["kind"] == "llada":
+                data = {"prompt_tokens": 256, **data}
         kind = data.get("kind", "tiny_mdm")
         return {"family": FAMILY_OF_KIND.get(kind, kind) if isinstance(kind, str) else None, **data}
 
@@ -100,8 +106,10 @@ class ModelConfig(Section):
             raise ValueError(f"path is only for kinds {', '.join(FOLDER_MODELS)}, not {self.kind}")
         if folder and (self.checkpoint or "").startswith("builtin:"):
             raise ValueError(f"checkpoint {self.checkpoint} is a shipped tiny model's, not {self.kind} weights")
-        if self.kind != "meissonic" and self.trust_folder_code:
-            raise ValueError("trust_folder_code is only for kind meissonic")
+        if self.kind not in ("meissonic", "llada") and self.trust_folder_code:
+            raise ValueError("trust_folder_code is only for kinds meissonic and llada")
+        if self.kind != "llada" and self.prompt_tokens is not None:
+            raise ValueError("prompt_tokens is only for kind llada")
         if self.kind not in ("meissonic", "sd3", "flux") and self.resolution is not None:
             raise ValueError("resolution is only for kinds meissonic, sd3 and flux")
         if self.kind != "flux" and self.embedded_guidance is not None:
@@ -117,8 +125,9 @@ class ModelConfig(Section):
 class SamplerConfig(Section):
     """The hand schedule and sampler; every knob can later be overridden per step by a schedule policy."""
 
-    # masked_image: maskgit or emerge; flow_image: flow. In a config file, the model family's first by default.
-    kind: Literal["maskgit", "emerge", "flow"] = "maskgit"
+    # masked_image: maskgit or emerge; flow_image: flow; masked_text: low_confidence or random (LLaDA's re-masking).
+    # In a config file, the model family's first by default.
+    kind: Literal["maskgit", "emerge", "flow", "low_confidence", "random"] = "maskgit"
     steps: Steps = 8
     guidance: float = Field(1.0, ge=0.0)
     temperature: float = Field(1.0, gt=0.0)  # masked
@@ -129,6 +138,10 @@ class SamplerConfig(Section):
     # (DanceGRPO's and MixGRPO's choice); evaluations draw each sample's own
     shared_noise: bool = False
     batch_size: int = Field(64, ge=1)
+    # masked_text: completion positions, decoded in blocks of block_length left to right, the steps split evenly
+    # between the blocks (LLaDA's gen_length and block_length; 24 and 8 by default)
+    length: int | None = Field(None, ge=1, le=4096)
+    block_length: int | None = Field(None, ge=1, le=4096)
 
 
 class VlmJudgeConfig(Section):
@@ -164,12 +177,16 @@ class VlmJudgeConfig(Section):
         return self
 
 
+_HEADS = {"shapes": ("strict", "partial"), "reasoning": ("correct", "format")}  # a kind's heads, its default first
+
+
 class RewardConfig(Section):
     """One reward term; several are normalised within the group one by one, weighted, then summed."""
 
-    kind: Literal["shapes", "clip", "hps", "image_reward", "vlm_judge", "plugin"] = "shapes"
+    kind: Literal["shapes", "clip", "hps", "image_reward", "vlm_judge", "reasoning", "plugin"] = "shapes"
     # shapes: which of the detector's scores is this term: GenEval's strict correctness or partial credit.
-    head: Literal["strict", "partial"] = "strict"
+    # reasoning: the verified answer (correct) or the completion's format (format). Default: strict, correct.
+    head: Literal["strict", "partial", "correct", "format"] | None = None
     weight: float = Field(1.0, gt=0)
     # clip: a local transformers CLIP folder (model + processor); hps: the HPSv2 / HPSv2.1 checkpoint file;
     # image_reward: a folder with ImageReward.pt, med_config.json and tokenizer/ (bert-base-uncased's files).
@@ -181,8 +198,20 @@ class RewardConfig(Section):
     target: str | None = None
     options: dict[str, Any] = {}  # plugin: its settings, as its class reads them
 
+    @model_validator(mode="before")
+    @classmethod
+    def _head_defaults_to_the_kinds_first(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("head") is None and data.get("kind", "shapes") in _HEADS:
+            return {**data, "head": _HEADS[data.get("kind", "shapes")][0]}
+        return data
+
     @model_validator(mode="after")
     def _fields_match_kind(self) -> RewardConfig:
+        heads = _HEADS.get(self.kind)
+        if heads is None and self.head is not None:
+            raise ValueError(f"head is for kinds shapes and reasoning, not {self.kind}")
+        if heads is not None and self.head not in heads:
+            raise ValueError(f"kind {self.kind} has heads {' and '.join(heads)}, not {self.head}")
         plugin = self.kind == "plugin"
         if plugin and not is_plugin_ref(self.target):
             raise ValueError("kind plugin needs target: package.module:Class")
@@ -200,7 +229,7 @@ class RewardConfig(Section):
     @property
     def name(self) -> str:
         """Unique per term: two CLIP-family terms (say CLIPScore and PickScore) differ by their model."""
-        if self.kind == "shapes":
+        if self.kind in ("shapes", "reasoning"):
             return f"{self.kind}_{self.head}"
         if self.kind == "vlm_judge":
             return f"{self.kind}_{re.sub(r'[^A-Za-z0-9._-]+', '_', self.judge.model)}"

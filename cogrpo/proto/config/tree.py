@@ -19,6 +19,12 @@ from cogrpo.proto.kinds import FAMILIES, FAMILY_OF_KIND, REWARD_SCORES
 from cogrpo.proto.plugins import plugin_attribute
 
 
+# What a masked text family's config means when it does not say: the reasoning world's prompts and its verifier.
+TEXT_DEFAULTS = {"train": {"prompts": "builtin:reasoning_train",
+                           "eval_metadata": {"heldout": "builtin:reasoning_heldout"}, "eval_steps": [12]},
+                 "eval": {"metadata": "builtin:reasoning_heldout", "steps": 12}}
+
+
 class Config(Section):
     seed: Seed = 0
     threads: int = Field(2, ge=1)
@@ -36,16 +42,31 @@ class Config(Section):
 
     @model_validator(mode="before")
     @classmethod
-    def _sampler_follows_the_family(cls, data: Any) -> Any:
-        """sampler.kind defaults to the built-in family's first sampler (a family of one's own: maskgit, unused)."""
+    def _defaults_follow_the_family(cls, data: Any) -> Any:
+        """sampler.kind defaults to the built-in family's first sampler (a family of one's own: maskgit, unused); a
+        text family's sampler decodes 24 positions in blocks of 8 and its prompts are the reasoning world's."""
         if not isinstance(data, dict) or not isinstance(data.get("sampler", {}), dict):
             return data
         model = data.get("model") or {}
         kind = model.get("kind", "tiny_mdm") if isinstance(model, dict) else None
-        family = FAMILIES.get(model.get("family") if isinstance(model, dict) and model.get("family") else
-                              FAMILY_OF_KIND.get(kind) if isinstance(kind, str) else None)
+        name = (model.get("family") if isinstance(model, dict) and model.get("family") else
+                FAMILY_OF_KIND.get(kind) if isinstance(kind, str) else None)
+        family = FAMILIES.get(name)
         default = family.samplers[0] if family is not None else "maskgit"
-        return {**data, "sampler": {"kind": default, **data.get("sampler", {})}}
+        data = {**data, "sampler": {"kind": default, **data.get("sampler", {})}}
+        if name == "masked_text":
+            data["sampler"] = {"length": 24, "block_length": 8, "steps": 12, **data["sampler"]}
+            data.setdefault("rewards", [{"kind": "reasoning", "head": "correct"}])
+            for section, defaults in TEXT_DEFAULTS.items():
+                if isinstance(data.get(section, {}), dict):
+                    data[section] = {**defaults, **data.get(section, {})}
+        return data
+
+    @property
+    def samples(self) -> str:
+        """What the model family makes: "images" or "texts"."""
+        family = self.model.family
+        return FAMILIES[family].samples if family in FAMILIES else plugin_attribute(family, "samples")
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:
@@ -72,6 +93,7 @@ class Config(Section):
             raise ValueError("learning guidance needs sampler.guidance > 0 (the policy scales around it)")
         if self.sampler.shared_noise:
             self._noise_shared_by_whole_groups()
+        self._blocks_divide()
         if self.algo.steps.mode == "window" and self.algo.steps.window > self.sampler.steps:
             raise ValueError(f"algo.steps.window {self.algo.steps.window} exceeds sampler.steps {self.sampler.steps}")
         return self
@@ -91,6 +113,24 @@ class Config(Section):
             raise ValueError("sampler.noise_level 0 makes the SDE steps deterministic: their log-prob, which "
                              "theta trains on, is undefined (ODE steps are the step plan's, algo.steps)")
 
+    def _blocks_divide(self) -> None:
+        """A text sampler's blocks split its positions, and every step count it decodes with, evenly."""
+        sampler = self.sampler
+        if self.model.family != "masked_text":
+            if sampler.length is not None or sampler.block_length is not None:
+                raise ValueError("sampler.length and sampler.block_length are for the masked_text family")
+            return
+        if sampler.length is None or sampler.block_length is None:
+            raise ValueError("the masked_text family needs sampler.length and sampler.block_length")
+        if sampler.length % sampler.block_length:
+            raise ValueError(f"sampler.block_length {sampler.block_length} does not divide sampler.length "
+                             f"{sampler.length}")
+        blocks = sampler.length // sampler.block_length
+        for where, steps in (("sampler.steps", sampler.steps), ("eval.steps", self.eval.steps),
+                             *(("train.eval_steps", s) for s in self.train.eval_steps)):
+            if steps % blocks:
+                raise ValueError(f"{where} {steps} cannot be split evenly between the sampler's {blocks} blocks")
+
     def _noise_shared_by_whole_groups(self) -> None:
         """Shared starting noise is drawn per group inside a batch, so batches must hold whole groups."""
         if self.sampler.kind != "flow":
@@ -103,8 +143,7 @@ class Config(Section):
 
     def _rewards_score_the_familys_samples(self) -> None:
         """A family makes images or texts; every reward must score that kind (plugins declare theirs)."""
-        family = self.model.family
-        samples = FAMILIES[family].samples if family in FAMILIES else plugin_attribute(family, "samples")
+        family, samples = self.model.family, self.samples
         for index, reward in enumerate(self.rewards):
             scores = REWARD_SCORES.get(reward.kind) or plugin_attribute(reward.target, "scores")
             if scores != samples:

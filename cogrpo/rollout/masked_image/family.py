@@ -16,8 +16,8 @@ from cogrpo.proto.errors import InputError
 from cogrpo.proto.kinds import MASKED_IMAGE_KNOBS
 from cogrpo.proto.messages import Trajectory
 from cogrpo.rewards.shapes import summarize_images
-from cogrpo.rollout.masked_image.estimators import MaskGRPO, TrajectoryReplay
-from cogrpo.rollout.masked_image.sampler import ScheduleInputs, generate
+from cogrpo.rollout.masked.estimators import MaskGRPO, TrajectoryReplay
+from cogrpo.rollout.masked.sampler import ScheduleInputs, generate
 from cogrpo.rollout.steps import StepPlan
 
 KNOB_NAMES = tuple(knob.name for knob in MASKED_IMAGE_KNOBS)

@@ -1,86 +1,14 @@
-"""The `cogrpo` command: sample, generate, eval, pretrain, train, config.
-
-Bad input of any kind ends with one line on stderr and exit code 2; nothing half-written is left behind. A fault
-training could not survive (a dead learner) ends with one line naming the last checkpoint and exit code 1.
-"""
+"""The commands behind `cogrpo`: each takes the parsed arguments, checks every input and output before any work, and
+raises InputError (bad input) or FaultError (a fault the run could not survive) for the one line `main` prints."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-from cogrpo.proto.errors import FaultError, InputError, clip
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2 (argparse's default prints the usage block too)
-        raise InputError(f"{self.prog}: {message}")
-
-
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML config (default: built-in defaults)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field, e.g. --set sampler.steps=4 (repeatable)")
-
-
-def _sampling(p: argparse.ArgumentParser, n_per_prompt: int | None | bool = False) -> None:
-    """Options of the commands that sample; n_per_prompt=False leaves out --n-per-prompt."""
-    p.add_argument("--checkpoint", help="model checkpoint: a .safetensors file or a run directory (its latest)")
-    p.add_argument("--steps", type=int, help="decoding steps (default: from the config)")
-    p.add_argument("--seed", type=int, help="sampling seed (default: the config seed)")
-    p.add_argument("--schedule", metavar="hand|PATH",
-                   help="decoding schedule: the hand schedule, or the learned one of a run directory or checkpoint "
-                        "(default: the checkpoint's own learned schedule if it has one, else the hand schedule)")
-    if n_per_prompt is not False:
-        p.add_argument("--n-per-prompt", type=int, default=n_per_prompt, help="images per prompt")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from cogrpo import __version__
-
-    parser = _Parser(prog="cogrpo", description="GRPO-family RL for diffusion models: Co-GRPO, MixGRPO, MaskGRPO")
-    parser.add_argument("--version", action="version", version=f"cogrpo {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
-    p = sub.add_parser("sample", help="images for one prompt, as a labelled grid PNG")
-    _common(p)
-    _sampling(p)
-    p.add_argument("--prompt", required=True)
-    p.add_argument("--n", type=int, default=16, help="number of images (the grid shows the first 64)")
-    p.add_argument("--out", required=True, help="output PNG")
-
-    p = sub.add_parser("generate", help="images for a metadata file, in GenEval's folder layout")
-    _common(p)
-    _sampling(p, 4)
-    p.add_argument("--metadata", required=True, help="GenEval metadata JSONL")
-    p.add_argument("--outdir", required=True)
-
-    p = sub.add_parser("eval", help="GenEval-style scores of a model (--metadata) or of an image folder (--images)")
-    _common(p)
-    _sampling(p, None)
-    source = p.add_mutually_exclusive_group()
-    source.add_argument("--metadata", help="GenEval metadata JSONL (default: the config's eval.metadata)")
-    source.add_argument("--images", help="a GenEval-layout folder of generated images to score")
-    p.add_argument("--results", help="also write one JSON line per image here")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-
-    p = sub.add_parser("train", help="RL fine-tuning (Co-GRPO and its peers) on the configured prompts")
-    _common(p)
-    p.add_argument("--run-dir", help="run directory (default: train.run_dir, or runs/<time>-<mode>)")
-    p.add_argument("--resume", metavar="auto|PATH",
-                   help="continue the run in --run-dir: from its latest complete checkpoint (auto; none yet: start "
-                        "over), or from PATH, one of its checkpoints/iter_NNNNNN folders")
-
-    p = sub.add_parser("pretrain", help="train a tiny model (TinyMDM, TinyFlow) from scratch on the shapes world")
-    _common(p)
-    p.add_argument("--out", help="checkpoint path (default: pretrain.out from the config)")
-
-    p = sub.add_parser("config", help="print the resolved config (defaults, the file, then --set) as YAML")
-    _common(p)
-    return parser
+from cogrpo.proto.errors import InputError, Interrupted, clip
 
 
 def _positive(name: str, value: int | None, high: int | None = None) -> None:
@@ -134,6 +62,34 @@ def _setup(args: argparse.Namespace):
     return config, family, model, steps, seed, schedule
 
 
+def _prompt_file(args: argparse.Namespace, config) -> list[dict]:
+    """The records of --tasks (a text model's) or --metadata (an image model's), else the config's eval.metadata."""
+    from cogrpo.data.records import read_records
+
+    texts = config.samples == "texts"
+    for flag, for_texts in (("tasks", True), ("metadata", False)):
+        if getattr(args, flag, None) is not None and for_texts != texts:
+            raise InputError(f"--{flag} is for {'text' if for_texts else 'image'} models; this config's model makes "
+                             f"{config.samples}")
+    return read_records(args.tasks or args.metadata or config.eval.metadata, config.samples)
+
+
+def _check_out(path: str | None, flag: str, suffix: str, needed: bool) -> Path | None:
+    """An output file's path, checked before any work: given when needed (and only then), with its suffix."""
+    if path is None:
+        if needed:
+            raise InputError(f"{flag} is required for this model's samples")
+        return None
+    if not needed:
+        raise InputError(f"{flag} does not apply to this model's samples")
+    out = Path(path)
+    if out.suffix.lower() != suffix:
+        raise InputError(f"{flag} must be a {suffix} file, got {clip(path)!r}")
+    if out.is_dir():
+        raise InputError(f"{flag} {clip(path)!r} is a directory")
+    return out
+
+
 def cmd_sample(args: argparse.Namespace) -> None:
     from cogrpo.data.grid import image_grid
     from cogrpo.data.prompts import parse_prompt
@@ -141,37 +97,46 @@ def cmd_sample(args: argparse.Namespace) -> None:
     from cogrpo.rollout.collect import decode_prompts, join
 
     _positive("--n", args.n)
-    if not args.out.lower().endswith(".png"):
-        raise InputError(f"--out must be a .png file, got {args.out!r}")
+    config = _config(args)
+    out = _check_out(args.out, "--out", ".png", config.samples == "images")
     config, family, model, steps, seed, schedule = _setup(args)
-    images = join(decode_prompts(family, model, schedule, [args.prompt] * args.n, steps, seed,
-                                 config.sampler.batch_size)[0])
+    samples = join(decode_prompts(family, model, schedule, [args.prompt] * args.n, steps, seed,
+                                  config.sampler.batch_size)[0])
+    if family.samples == "texts":
+        print("\n".join(samples))
+        return
     try:
         record = parse_prompt(args.prompt)
-        correct = [bool(j.strict) for j in ShapesReward().judge_batch(images, [record] * args.n)]
+        correct = [bool(j.strict) for j in ShapesReward().judge_batch(samples, [record] * args.n)]
     except InputError:  # a free-form prompt (in the shapes vocabulary, or any for a real model): nothing to judge
         correct = [None] * args.n
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    image_grid(images, [args.prompt] * args.n, correct).save(out)
+    image_grid(samples, [args.prompt] * args.n, correct).save(out)
     judged = [c for c in correct if c is not None]
     score = f", {sum(judged)}/{len(judged)} correct" if judged else ""
     print(f"wrote {out} ({args.n} images, {steps} steps{score})")
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    from cogrpo.data.geneval import read_metadata, write_generation
+    from cogrpo.data.geneval import write_generation, write_jsonl
     from cogrpo.rollout.batching import repeat_each
     from cogrpo.rollout.collect import decode_prompts, join
 
-    records = read_metadata(args.metadata)
-    outdir = Path(args.outdir)
-    if outdir.exists() and (not outdir.is_dir() or any(outdir.iterdir())):
+    config = _config(args)
+    texts = config.samples == "texts"
+    out = _check_out(args.out, "--out", ".jsonl", texts)
+    outdir = Path(args.outdir) if args.outdir else None
+    if outdir is not None and outdir.exists() and (not outdir.is_dir() or any(outdir.iterdir())):
         raise InputError(f"output folder exists and is not empty: {outdir}")
+    records = _prompt_file(args, config)
     config, family, model, steps, seed, schedule = _setup(args)
     n = args.n_per_prompt
     prompts = repeat_each([r["prompt"] for r in records], n)
     flat = join(decode_prompts(family, model, schedule, prompts, steps, seed, config.sampler.batch_size)[0])
+    if texts:
+        write_jsonl(out, family.summarize(records, flat)[1])
+        print(f"wrote {len(prompts)} completions for {len(records)} tasks to {out}")
+        return
     write_generation(outdir, records, list(flat.reshape(len(records), n, *flat.shape[1:])))
     print(f"wrote {len(prompts)} images for {len(records)} prompts to {outdir}")
 
@@ -180,7 +145,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     import numpy as np
 
     from cogrpo.cluster.build import build_rewards
-    from cogrpo.data.geneval import load_image, read_generation, read_metadata, resolve_metadata_path, write_jsonl
+    from cogrpo.data.geneval import load_image, read_generation, write_jsonl
     from cogrpo.rewards.registry import mask_unscored, reward_stats, score_in_batches
     from cogrpo.rewards.shapes import geneval_summary, judge_generation
     from cogrpo.rollout.batching import repeat_each
@@ -191,6 +156,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
             if getattr(args, flag) is not None:
                 raise InputError(f"--{flag.replace('_', '-')} does not apply to --images (they are already made)")
         config = _config(args)  # still validate the config and overrides
+        if config.samples != "images":
+            raise InputError("--images scores an image folder: this config's model makes texts")
         folders = read_generation(args.images)
         records = [record for record, _ in folders]
         per_record = [np.stack([load_image(p) for p in paths]) for _, paths in folders]
@@ -198,8 +165,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
         result, samples = geneval_summary(rows, judgements), np.concatenate(per_record)
         metadata = [record for record, images in zip(records, per_record, strict=True) for _ in images]
     else:
+        records = _prompt_file(args, _config(args))
         config, family, model, steps, seed, schedule = _setup(args)
-        records = read_metadata(resolve_metadata_path(args.metadata or config.eval.metadata))
         n = args.n_per_prompt or config.eval.n_per_prompt
         start = time.time()
         evaluation = evaluate(family, model, schedule, records, steps, seed, config.sampler.batch_size, n)
@@ -213,9 +180,12 @@ def cmd_eval(args: argparse.Namespace) -> None:
         write_jsonl(args.results, rows)
     if args.json:
         print(json.dumps(result))
+        return
+    tasks = "  ".join(f"{k} {v:.3f}" for k, v in result["by_task"].items())
+    rewards = "  ".join(f"{k[7:]} {v:.3f}" for k, v in result.items() if k.startswith("reward/"))
+    if "accuracy" in result:
+        print(f"accuracy {result['accuracy']:.3f}  ({result['samples']} completions)\n{tasks}\nrewards: {rewards}")
     else:
-        tasks = "  ".join(f"{k} {v:.3f}" for k, v in result["by_task"].items())
-        rewards = "  ".join(f"{k[7:]} {v:.3f}" for k, v in result.items() if k.startswith("reward/"))
         print(f"overall {result['overall']:.3f}  strict {result['strict']:.3f}  partial {result['partial']:.3f}"
               f"  ({result['images']} images)\n{tasks}\nrewards: {rewards}")
 
@@ -225,7 +195,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
     from cogrpo.cluster.build import family_of
     from cogrpo.cluster.process import configure_compute
-    from cogrpo.data.geneval import read_metadata, resolve_metadata_path
+    from cogrpo.data.records import read_records
     from cogrpo.learner.pretrain import pretrain
     from cogrpo.models.checkpoint import TINY_MODELS, save_model
     from cogrpo.rollout.collect import evaluate
@@ -238,7 +208,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     out = Path(args.out or config.pretrain.out)
     if out.suffix != ".safetensors":
         raise InputError(f"pretrain output must be a .safetensors file, got {str(out)!r}")
-    records = read_metadata(resolve_metadata_path(config.eval.metadata))
+    records = read_records(config.eval.metadata, config.samples)
     configure_compute(config.threads)
     torch.manual_seed(config.seed)
     model = TINY_MODELS[config.model.kind](config.model.arch)
@@ -261,6 +231,10 @@ def cmd_train(args: argparse.Namespace) -> None:
     try:
         loop = trainer(config, args.run_dir, resume=args.resume)
         evals = loop.fit()
+    except KeyboardInterrupt:
+        where = (f"the last complete checkpoint is {loop.last_checkpoint}: continue with --resume auto"
+                 if loop is not None and loop.last_checkpoint else "no checkpoint was written")
+        raise Interrupted(f"interrupted; {where}") from None
     finally:
         if loop is not None:
             loop.close()
@@ -268,7 +242,7 @@ def cmd_train(args: argparse.Namespace) -> None:
             import ray
 
             ray.shutdown()
-    kept = ("split", "steps", "overall", "strict", "partial")
+    kept = ("split", "steps", "overall", "strict", "partial", "accuracy")
     print(json.dumps({"final_eval": [{k: v for k, v in r.items() if k in kept or k.startswith("reward/")}
                                      for r in evals]}))
 
@@ -277,24 +251,3 @@ def cmd_config(args: argparse.Namespace) -> None:
     from cogrpo.proto.config import dump_config
 
     print(dump_config(_config(args)), end="")
-
-
-COMMANDS = {"sample": cmd_sample, "generate": cmd_generate, "eval": cmd_eval, "pretrain": cmd_pretrain,
-            "train": cmd_train, "config": cmd_config}
-
-
-def main(argv: list[str] | None = None) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-        COMMANDS[args.command](args)
-    except InputError as exc:
-        print(f"cogrpo: error: {exc}", file=sys.stderr)
-        return 2
-    except FaultError as exc:
-        print(f"cogrpo: fault: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

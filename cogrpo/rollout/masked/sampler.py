@@ -1,13 +1,19 @@
-"""Batched trajectory samplers for masked-token models: MaskGIT confidence sampling and MDLM ancestral
-("emerge") sampling, with every knob settable per step and per sample, recording what an RL learner needs.
+"""Batched trajectory samplers for masked-token models, images and texts: MaskGIT confidence sampling (LLaDA's
+low-confidence re-masking), random re-masking and MDLM ancestral ("emerge") sampling, optionally block by block
+(LLaDA's semi-autoregressive sampler), with every knob settable per step and per sample, recording what an RL
+learner needs.
 
-One step, given knobs (remask_ratio r, temperature tau, remask_temperature g, guidance w):
+One step, given knobs (remask_ratio r, temperature tau, remask_temperature g, guidance w when the family has it):
   logits = l_c + w (l_c - l_u)                       classifier-free guidance (w = 0: one forward pass)
   log p  = log_softmax(logits / tau)                 the sampling distribution; its log-probs are recorded
   x      ~ p at every masked position                (Gumbel-max; greedy argmax on deterministic steps)
-  maskgit: keep masked the floor(N r) masked positions of lowest log p(x) + g * Gumbel, commit the rest
+  maskgit, low_confidence: keep masked the floor(N r) masked positions of lowest log p(x) + g * Gumbel, commit
+           the rest
+  random:  the same with uniformly random scores in place of log p(x)
   emerge:  commit each masked position with probability (m - r) / m, m = fraction masked now
-The last step commits everything; MaskGIT commits at least one token per step.
+N is the positions of the current block: with `block_length` the canvas is decoded in blocks left to right, the
+schedule's steps split evenly between them, and only the current block's positions are committed; without it the
+whole canvas is one block. A block's last step commits the rest of it; MaskGIT commits at least one token per step.
 
 Which positions get committed is part of the environment: the model policy's likelihood is that of the committed
 token values, as in Co-GRPO. `replay_log_probs` recomputes those likelihoods with gradients.
@@ -29,7 +35,8 @@ from cogrpo.proto.kinds import MASKED_IMAGE_KNOBS
 from cogrpo.proto.messages import Trajectory
 from cogrpo.rollout.schedule import DecisionLog
 
-SAMPLERS = ("maskgit", "emerge")
+SAMPLERS = ("maskgit", "emerge", "low_confidence", "random")
+# a text family's knobs are the first three (no guidance)
 _R, _TAU, _G, _W = (tuple(knob.name for knob in MASKED_IMAGE_KNOBS).index(k)
                     for k in ("remask_ratio", "temperature", "remask_temperature", "guidance"))
 
@@ -65,8 +72,9 @@ def canvas_before(traj: Trajectory, step: int, mask_id: int) -> torch.Tensor:
 
 def guided_log_probs(model: MaskedTokenModel, canvas: torch.Tensor, cond: torch.Tensor, null: torch.Tensor,
                      knobs: torch.Tensor) -> torch.Tensor:
-    """log-softmax of the guided, temperature-scaled logits: (B, N, V). knobs: (B, K)."""
-    guidance = knobs[:, _W]
+    """log-softmax of the guided, temperature-scaled logits: (B, N, V). knobs: (B, K); without a guidance knob, the
+    conditional logits."""
+    guidance = knobs[:, _W] if knobs.shape[1] > _W else knobs.new_zeros(len(knobs))
     if bool((guidance == 0).all()):
         logits = model(canvas, cond)
     else:
@@ -75,12 +83,12 @@ def guided_log_probs(model: MaskedTokenModel, canvas: torch.Tensor, cond: torch.
     return F.log_softmax(logits / knobs[:, _TAU, None, None], dim=-1)
 
 
-def _commit_maskgit(masked, logp_sampled, knobs, last, stochastic, generator):
-    n = masked.shape[1]
+def _commit_maskgit(masked, score, knobs, size, last, stochastic, generator):
+    """masked: the current block's masked positions (B, N); size: the block's positions."""
     n_masked = masked.sum(1)
     keep = torch.zeros_like(n_masked) if last else torch.minimum(
-        torch.floor(n * knobs[:, _R]).long().clamp(min=0), (n_masked - 1).clamp(min=0))
-    confidence = logp_sampled
+        torch.floor(size * knobs[:, _R]).long().clamp(min=0), (n_masked - 1).clamp(min=0))
+    confidence = score
     if stochastic:
         confidence = confidence + knobs[:, _G, None] * _gumbel(tuple(masked.shape), generator)
     confidence = confidence.masked_fill(~masked, float("inf"))
@@ -88,20 +96,37 @@ def _commit_maskgit(masked, logp_sampled, knobs, last, stochastic, generator):
     return masked & (rank >= keep[:, None])
 
 
-def _commit_emerge(masked, logp_sampled, knobs, last, stochastic, generator):
+def _commit_random(masked, score, knobs, size, last, stochastic, generator):
+    scores = torch.rand(tuple(masked.shape), generator=generator, device=generator.device)
+    return _commit_maskgit(masked, scores, knobs, size, last, False, generator)
+
+
+def _commit_emerge(masked, score, knobs, size, last, stochastic, generator):
     if last:
         return masked
     if not stochastic:  # deterministic steps take the expected count by confidence, with no noise
-        return _commit_maskgit(masked, logp_sampled, knobs, last, False, generator)
-    frac = masked.float().mean(1)
+        return _commit_maskgit(masked, score, knobs, size, last, False, generator)
+    frac = masked.float().sum(1) / size
     p = ((frac - knobs[:, _R]) / frac.clamp(min=1e-9)).clamp(0.0, 1.0)
     return masked & (torch.rand(tuple(masked.shape), generator=generator, device=generator.device) < p[:, None])
+
+
+COMMITS = {"maskgit": _commit_maskgit, "low_confidence": _commit_maskgit, "random": _commit_random,
+           "emerge": _commit_emerge}
+
+
+def blocks_of(n: int, steps: int, block_length: int | None) -> tuple[int, int]:
+    """(positions per block, schedule steps per block) of a canvas of n positions decoded in `steps` steps."""
+    size = n if block_length is None else block_length
+    if n % size or steps % (n // size):
+        raise ValueError(f"{n} positions in blocks of {size} need a step count divisible by {n // size}, not {steps}")
+    return size, steps // (n // size)
 
 
 @torch.no_grad()
 def generate(model: MaskedTokenModel, cond: torch.Tensor, schedule, steps: int, seed: int,
              sampler: str = "maskgit", stochastic: torch.Tensor | None = None, plan: list[int] | None = None,
-             effective: torch.Tensor | None = None) -> Trajectory:
+             effective: torch.Tensor | None = None, block_length: int | None = None) -> Trajectory:
     """Decode a batch from an all-masked canvas and record its trajectory. Deterministic for a given seed.
 
     steps: length of the schedule. plan: the schedule steps to execute, in order (default all; MixGRPO-Flash
@@ -110,13 +135,16 @@ def generate(model: MaskedTokenModel, cond: torch.Tensor, schedule, steps: int, 
     (MixGRPO's deterministic segments). Default: every step is stochastic. effective: (len(plan), K) bool, the
     knobs that could change the outcome at each executed step (default: all). The schedule's encoder (a
     ScheduleInputs, or None for the fraction masked and the live prompt features) makes what the schedule reads.
+    block_length: positions per block, decoded left to right (None: one block).
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}")
-    commit_fn = _commit_maskgit if sampler == "maskgit" else _commit_emerge
+    commit_fn = COMMITS[sampler]
     plan = list(range(steps)) if plan is None else list(plan)
     if not plan or plan[-1] != steps - 1 or any(b <= a for a, b in zip(plan, plan[1:])):
         raise ValueError(f"plan must be increasing and end at step {steps - 1}: {plan}")
+    size, per_block = blocks_of(model.num_tokens, steps, block_length)
+    block = [step // per_block for step in plan]
     stochastic = torch.ones(len(plan), dtype=torch.bool) if stochastic is None else stochastic.bool()
     if effective is None:
         effective = torch.ones(len(plan), len(MASKED_IMAGE_KNOBS), dtype=torch.bool)
@@ -125,6 +153,7 @@ def generate(model: MaskedTokenModel, cond: torch.Tensor, schedule, steps: int, 
     generator = torch.Generator().manual_seed(seed)
     noise = generator if device.type == "cpu" else torch.Generator(device).manual_seed(seed)
     b, n = cond.shape[0], model.num_tokens
+    position_block = (torch.arange(n) // size).to(device)
     cond_cpu, cond = cond, cond.to(device)
     null = model.null_conditioning(b).to(device)
     encoder = ScheduleInputs(model, SchedulePolicyConfig()) if schedule.encoder is None else schedule.encoder
@@ -148,8 +177,9 @@ def generate(model: MaskedTokenModel, cond: torch.Tensor, schedule, steps: int, 
             else:
                 sampled = logp_all.argmax(-1)
             logp_sampled = logp_all.gather(-1, sampled[..., None]).squeeze(-1)
-            last = t == len(plan) - 1
-            commit = commit_fn(masked, logp_sampled, step_knobs, last, bool(stochastic[t]), noise)
+            last = t == len(plan) - 1 or block[t + 1] != block[t]  # the block's last step
+            eligible = masked & (position_block == block[t])
+            commit = commit_fn(eligible, logp_sampled, step_knobs, size, last, bool(stochastic[t]), noise)
             canvas = torch.where(commit, sampled, canvas)
             commit_step[commit] = t
             if stochastic[t]:

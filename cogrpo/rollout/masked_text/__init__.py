@@ -1,0 +1,1 @@
+"""The masked text family: TinyMDLM (and LLaDA-style models) behind the family seam."""
