@@ -12,11 +12,10 @@ model. Writes the table into BENCHMARKS.md between its markers.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
-from learning import base_scores, one_process_run, write_block
+from learning import base_scores, method_arguments, one_process_run, write_block
 
 from cogrpo.cluster.loop import trainer
 from cogrpo.proto.config import load_config
@@ -65,16 +64,7 @@ def run(config) -> tuple[list[dict], list[dict], int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--config", default="configs/flow-smoke-cpu.yaml")
-    parser.add_argument("--iterations", type=int, default=100)
-    parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--seeds", default="0")
-    parser.add_argument("--out", default="runs/bench-flow-learning")
-    parser.add_argument("--write", default="BENCHMARKS.md")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="a config override applied to every method (repeatable)")
-    args = parser.parse_args()
+    args = method_arguments("configs/flow-smoke-cpu.yaml", 100, METHODS, "runs/bench-flow-learning", "0").parse_args()
     defaults = load_config(args.config, args.set)
     positions = defaults.sampler.steps - defaults.algo.steps.window + 1
     common = [*one_process_run(args.iterations, EVAL_STEPS, args.set),

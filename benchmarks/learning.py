@@ -60,19 +60,26 @@ def base_scores(config, eval_steps: tuple[int, ...] = EVAL_STEPS) -> dict:
     return {key: summary["overall"] for key, summary in base_summaries(config, eval_steps).items()}
 
 
-def main() -> None:
+def method_arguments(config: str, iterations: int, methods: dict, out: str,
+                     seeds: str | None) -> argparse.ArgumentParser:
+    """The options every learning benchmark takes: its config, the iterations, the methods (all by default), the
+    seeds, where runs go, the file its table is written into, and overrides for every method."""
     parser = argparse.ArgumentParser()
-    parser.add_argument("--config", default="configs/smoke-cpu.yaml")
-    parser.add_argument("--iterations", type=int, default=100)
-    parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--out", default="runs/bench-learning")
+    parser.add_argument("--config", default=config)
+    parser.add_argument("--iterations", type=int, default=iterations)
+    parser.add_argument("--methods", default=",".join(methods))
+    parser.add_argument("--seeds", default=seeds, help="comma-separated seeds, each run per method")
+    parser.add_argument("--out", default=out)
     parser.add_argument("--write", default="BENCHMARKS.md")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a config override applied to every method (repeatable)")
+    return parser
+
+
+def main() -> None:
+    parser = method_arguments("configs/smoke-cpu.yaml", 100, METHODS, "runs/bench-learning", None)
     parser.add_argument("--table", default="learning", help="the name in the table's markers in --write")
-    parser.add_argument("--seeds", default=None, help="comma-separated seeds, each run per method (default: the "
-                        "config's seed, one run)")
-    args = parser.parse_args()
+    args = parser.parse_args()  # --seeds unset: the config's seed, one run
     common = one_process_run(args.iterations, EVAL_STEPS, args.set)
     seeds = [None] if args.seeds is None else [int(seed) for seed in args.seeds.split(",")]
     rows, bases = [], {}

@@ -10,11 +10,10 @@ before and after. Writes the table into BENCHMARKS.md between its markers.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
-from learning import base_summaries, one_process_run, write_block
+from learning import base_summaries, method_arguments, one_process_run, write_block
 
 from cogrpo.cluster.loop import trainer
 from cogrpo.data.reasoning import TASK_KINDS
@@ -44,16 +43,7 @@ def run(config) -> tuple[dict, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--config", default="configs/text-smoke-cpu.yaml")
-    parser.add_argument("--iterations", type=int, default=60)
-    parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--seeds", default="0")
-    parser.add_argument("--out", default="runs/bench-text-learning")
-    parser.add_argument("--write", default="BENCHMARKS.md")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="a config override applied to every method (repeatable)")
-    args = parser.parse_args()
+    args = method_arguments("configs/text-smoke-cpu.yaml", 60, METHODS, "runs/bench-text-learning", "0").parse_args()
     steps = load_config(args.config, args.set).eval.steps
     common = one_process_run(args.iterations, (steps,), args.set)
     rows, bases = [], {}

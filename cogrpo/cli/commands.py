@@ -27,9 +27,9 @@ def _config(args: argparse.Namespace):
     return load_config(args.config, overrides)
 
 
-def _setup(args: argparse.Namespace):
-    """Config, family, model, steps, seed and schedule shared by the sampling commands. A checkpoint saved by
-    `cogrpo train` brings its learned schedule policy, used with its mean action; otherwise the hand schedule.
+def _setup(args: argparse.Namespace, config):
+    """Family, model, steps, seed and schedule of the sampling commands, for the config they loaded. A checkpoint
+    saved by `cogrpo train` brings its learned schedule policy, used with its mean action; otherwise the hand schedule.
     --schedule pairs the model with another one (how much of a run's gain is its schedule, or its model)."""
     from cogrpo.cluster.build import build_policies
     from cogrpo.cluster.process import configure_compute
@@ -43,7 +43,6 @@ def _setup(args: argparse.Namespace):
         _positive(f"--{name.replace('_', '-')}", getattr(args, name, None), MAX_STEPS if name == "steps" else None)
     if args.seed is not None and not 0 <= args.seed < SEED_LIMIT:
         raise InputError(f"--seed must be in [0, {SEED_LIMIT}), got {clip(str(args.seed))}")
-    config = _config(args)
     configure_compute(config.threads)
     steps = args.steps or config.eval.steps
     seed = config.seed if args.seed is None else args.seed
@@ -59,7 +58,7 @@ def _setup(args: argparse.Namespace):
             policy = SchedulePolicy(saved, family.knobs, family.schedule_encoder(model, saved))
             load_policy_into(folder, policy)
             schedule = PolicySchedule(policy, family.hand_schedule(steps), sample_actions=False)
-    return config, family, model, steps, seed, schedule
+    return family, model, steps, seed, schedule
 
 
 def _prompt_file(args: argparse.Namespace, config) -> list[dict]:
@@ -99,7 +98,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     _positive("--n", args.n)
     config = _config(args)
     out = _check_out(args.out, "--out", ".png", config.samples == "images")
-    config, family, model, steps, seed, schedule = _setup(args)
+    family, model, steps, seed, schedule = _setup(args, config)
     samples = join(decode_prompts(family, model, schedule, [args.prompt] * args.n, steps, seed,
                                   config.sampler.batch_size)[0])
     if family.samples == "texts":
@@ -129,7 +128,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     if outdir is not None and outdir.exists() and (not outdir.is_dir() or any(outdir.iterdir())):
         raise InputError(f"output folder exists and is not empty: {outdir}")
     records = _prompt_file(args, config)
-    config, family, model, steps, seed, schedule = _setup(args)
+    family, model, steps, seed, schedule = _setup(args, config)
     n = args.n_per_prompt
     prompts = repeat_each([r["prompt"] for r in records], n)
     flat = join(decode_prompts(family, model, schedule, prompts, steps, seed, config.sampler.batch_size)[0])
@@ -165,8 +164,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
         result, samples = geneval_summary(rows, judgements), np.concatenate(per_record)
         metadata = [record for record, images in zip(records, per_record, strict=True) for _ in images]
     else:
-        records = _prompt_file(args, _config(args))
-        config, family, model, steps, seed, schedule = _setup(args)
+        config = _config(args)
+        records = _prompt_file(args, config)
+        family, model, steps, seed, schedule = _setup(args, config)
         n = args.n_per_prompt or config.eval.n_per_prompt
         start = time.time()
         evaluation = evaluate(family, model, schedule, records, steps, seed, config.sampler.batch_size, n)

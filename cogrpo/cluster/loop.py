@@ -285,8 +285,8 @@ class TrainingLoop:
     @staticmethod
     def _eval_line(rows: list[dict]) -> str:
         """Each split's GenEval overall (on families that have one) and its mean rewards (on any model)."""
-        return "  ".join(f"eval {r['split']}@{r['steps']}" + "".join(f" {k} {r[k]:.3f}" for k in ("overall", "accuracy")
-                                                                  if k in r)
+        return "  ".join(f"eval {r['split']}@{r['steps']}"
+                         + "".join(f" {k} {r[k]:.3f}" for k in ("overall", "accuracy") if k in r)
                          + "".join(f" {k[7:]} {v:.3f}" for k, v in r.items() if k.startswith("reward/"))
                          for r in rows)
 

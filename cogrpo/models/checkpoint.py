@@ -17,7 +17,8 @@ from cogrpo.proto.layout import exported_model_of
 
 BUILTIN_DIR = Path(__file__).parent / "weights"
 BUILTIN_PREFIX = "builtin:"
-TINY_MODELS = {"tiny_mdm": TinyMDM, "tiny_flow": TinyFlow, "tiny_mdlm": TinyMDLM}  # built from an architecture, trained from scratch
+# built from an architecture, trained from scratch
+TINY_MODELS = {"tiny_mdm": TinyMDM, "tiny_flow": TinyFlow, "tiny_mdlm": TinyMDLM}
 
 
 def resolve_checkpoint_path(spec: str) -> Path:

@@ -28,7 +28,8 @@ class TinyArch(Section):
         return self
 
 
-FOLDER_MODELS = ("amused", "meissonic", "sd3", "flux", "llada")  # backbones loaded from a local folder of pretrained components
+# backbones loaded from a local folder of pretrained components
+FOLDER_MODELS = ("amused", "meissonic", "sd3", "flux", "llada")
 
 
 class ModelConfig(Section):

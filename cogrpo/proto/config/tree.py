@@ -20,7 +20,8 @@ from cogrpo.proto.plugins import plugin_attribute
 
 
 # What a masked text family's config means when it does not say: the reasoning world's prompts and its verifier.
-TEXT_DEFAULTS = {"train": {"prompts": "builtin:reasoning_train",
+TEXT_DEFAULTS = {"sampler": {"length": 24, "block_length": 8, "steps": 12},
+                 "train": {"prompts": "builtin:reasoning_train",
                            "eval_metadata": {"heldout": "builtin:reasoning_heldout"}, "eval_steps": [12]},
                  "eval": {"metadata": "builtin:reasoning_heldout", "steps": 12}}
 
@@ -55,7 +56,6 @@ class Config(Section):
         default = family.samplers[0] if family is not None else "maskgit"
         data = {**data, "sampler": {"kind": default, **data.get("sampler", {})}}
         if name == "masked_text":
-            data["sampler"] = {"length": 24, "block_length": 8, "steps": 12, **data["sampler"]}
             data.setdefault("rewards", [{"kind": "reasoning", "head": "correct"}])
             for section, defaults in TEXT_DEFAULTS.items():
                 if isinstance(data.get(section, {}), dict):

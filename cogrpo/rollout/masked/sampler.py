@@ -123,6 +123,12 @@ def blocks_of(n: int, steps: int, block_length: int | None) -> tuple[int, int]:
     return size, steps // (n // size)
 
 
+def block_ends(plan: list[int], per_block: int) -> list[bool]:
+    """Per executed step of `plan`: whether it is its block's last (the next executed step is in a later block, or
+    there is none), the step that commits the rest of the block."""
+    return [t == len(plan) - 1 or plan[t + 1] // per_block != step // per_block for t, step in enumerate(plan)]
+
+
 @torch.no_grad()
 def generate(model: MaskedTokenModel, cond: torch.Tensor, schedule, steps: int, seed: int,
              sampler: str = "maskgit", stochastic: torch.Tensor | None = None, plan: list[int] | None = None,
@@ -144,7 +150,7 @@ def generate(model: MaskedTokenModel, cond: torch.Tensor, schedule, steps: int, 
     if not plan or plan[-1] != steps - 1 or any(b <= a for a, b in zip(plan, plan[1:])):
         raise ValueError(f"plan must be increasing and end at step {steps - 1}: {plan}")
     size, per_block = blocks_of(model.num_tokens, steps, block_length)
-    block = [step // per_block for step in plan]
+    block, ends = [step // per_block for step in plan], block_ends(plan, per_block)
     stochastic = torch.ones(len(plan), dtype=torch.bool) if stochastic is None else stochastic.bool()
     if effective is None:
         effective = torch.ones(len(plan), len(MASKED_IMAGE_KNOBS), dtype=torch.bool)
@@ -177,9 +183,8 @@ def generate(model: MaskedTokenModel, cond: torch.Tensor, schedule, steps: int, 
             else:
                 sampled = logp_all.argmax(-1)
             logp_sampled = logp_all.gather(-1, sampled[..., None]).squeeze(-1)
-            last = t == len(plan) - 1 or block[t + 1] != block[t]  # the block's last step
             eligible = masked & (position_block == block[t])
-            commit = commit_fn(eligible, logp_sampled, step_knobs, size, last, bool(stochastic[t]), noise)
+            commit = commit_fn(eligible, logp_sampled, step_knobs, size, ends[t], bool(stochastic[t]), noise)
             canvas = torch.where(commit, sampled, canvas)
             commit_step[commit] = t
             if stochastic[t]:

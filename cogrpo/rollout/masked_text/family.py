@@ -15,7 +15,7 @@ from cogrpo.proto.kinds import MASKED_TEXT_KNOBS
 from cogrpo.proto.messages import Trajectory
 from cogrpo.rewards.reasoning import summarize_texts
 from cogrpo.rollout.masked.estimators import D1, MaskGRPO, TrajectoryReplay, UniGRPO
-from cogrpo.rollout.masked.sampler import ScheduleInputs, blocks_of, generate
+from cogrpo.rollout.masked.sampler import ScheduleInputs, block_ends, blocks_of, generate
 from cogrpo.rollout.steps import StepPlan
 
 KNOB_NAMES = tuple(knob.name for knob in MASKED_TEXT_KNOBS)
@@ -62,12 +62,11 @@ class MaskedTextFamily:
         """(len(plan), K) bool: a block's last step commits the rest of it, so its ratio and re-mask temperature do
         nothing there; random re-masking ranks no confidence."""
         rows = []
-        for t, step in enumerate(plan.plan):
+        for step, ends in zip(plan.plan, block_ends(plan.plan, per_block)):
             row = unit_knobs_that_move(hand[step], MASKED_TEXT_KNOBS)
-            block_ends = t == len(plan.plan) - 1 or plan.plan[t + 1] // per_block != step // per_block
-            if block_ends or self.config.sampler.kind == "random":
+            if ends or self.config.sampler.kind == "random":
                 row[_REMASK_TEMPERATURE] = False
-            if block_ends:
+            if ends:
                 row[_RATIO] = False
             rows.append(row)
         return torch.stack(rows)
