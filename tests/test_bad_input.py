@@ -1,8 +1,7 @@
-"""Bad input through the CLI (cogrpo.cli.main): one line on stderr naming the problem, exit code 2, and nothing
-written (no run directory, no output file) in the folder the command ran in."""
+"""Bad input through the CLI: one line on stderr naming the problem, exit code 2, and nothing written (no run
+directory, no output file) in the folder the command ran in (tests/cli_input.py)."""
 
 import io
-import json
 import socket
 from pathlib import Path
 
@@ -10,10 +9,10 @@ import pytest
 import torch
 from safetensors.torch import save as safetensors_bytes
 
-from cogrpo.cli import main
 from cogrpo.data.prompts import colors, single_object
 from cogrpo.models.tiny_mdm import TinyMDM
 from cogrpo.proto.config import TinyArch
+from tests.cli_input import fails, jsonl
 
 CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "smoke-cpu.yaml")
 FLOW = str(Path(__file__).resolve().parents[1] / "configs" / "flow-smoke-cpu.yaml")
@@ -22,38 +21,6 @@ TEXT = str(Path(__file__).resolve().parents[1] / "configs" / "text-smoke-cpu.yam
 ALIAS_BOMB = ("a: &a [" + ", ".join(["x"] * 9) + "]\n" + "".join(f"{n}: &{n} [{', '.join([f'*{q}'] * 9)}]\n"
               for q, n in zip("abcd", "bcde")) + "f: [" + ", ".join(["*e"] * 9) + "]\n").encode()
 TRAIN = ["train", "--config", CONFIG, "--run-dir", "run", "--set", "runtime=local"]
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    """An empty folder to run in; `files` are written into it before the command, and only they may remain. Any
-    Ray started here runs without token auth (with RAY_AUTH_MODE unset, Ray would write ~/.ray/auth_token)."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    return tmp_path
-
-
-def fails(argv: list[str], message: str, workdir, capsys, files: dict[str, bytes | None] | None = None) -> str:
-    """files: name -> content, or None for an empty folder."""
-    files = files or {}
-    for name, content in files.items():
-        if content is None:
-            (workdir / name).mkdir()
-        else:
-            (workdir / name).write_bytes(content)
-    capsys.readouterr()
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    errors = [line for line in err.splitlines() if line.startswith("cogrpo: error:")]
-    assert len(errors) == 1 and message in errors[0], err
-    assert sorted(p.name for p in workdir.iterdir()) == sorted(files), "something was written"
-    return err
-
-
-def jsonl(*records) -> bytes:
-    return "".join(json.dumps(r) + "\n" for r in records).encode()
-
-
 GOOD = jsonl(single_object("square"), colors("red", "circle"))
 
 
@@ -105,8 +72,8 @@ GOOD = jsonl(single_object("square"), colors("red", "circle"))
     (["eval", "--config", FLOW, "--set", "sampler.shared_noise=true", "--set", "sampler.batch_size=12"],
      "sampler.batch_size (12) to be a multiple of the samples per prompt (8)", {}),
 ])
-def test_bad_configs(argv, message, files, workdir, capsys):
-    err = fails(argv, message, workdir, capsys, files)
+def test_bad_configs(argv, message, files, workdir, capfd):
+    err = fails(argv, message, workdir, capfd, files)
     assert len(err.splitlines()) == 1
 
 
@@ -119,8 +86,8 @@ def test_bad_configs(argv, message, files, workdir, capsys):
     (jsonl({**single_object("square"), "prompt": "a photo of a dog"}), "m.jsonl:1: unknown word 'dog'"),
     (jsonl({**single_object("square"), "tag": "dancing"}), "m.jsonl:1: unknown tag 'dancing'"),
 ])
-def test_bad_metadata_files(content, message, workdir, capsys):
-    fails(["generate", "--metadata", "m.jsonl", "--outdir", "out"], message, workdir, capsys, {"m.jsonl": content})
+def test_bad_metadata_files(content, message, workdir, capfd):
+    fails(["generate", "--metadata", "m.jsonl", "--outdir", "out"], message, workdir, capfd, {"m.jsonl": content})
 
 
 TASK = {"task": "arith", "prompt": "347+58=", "answer": "405"}
@@ -134,22 +101,22 @@ TASK = {"task": "arith", "prompt": "347+58=", "answer": "405"}
     (b"[" * 200_000 + b"\n", "t.jsonl:1: a line is at most 100,000 characters"),
     (b'{"task": "arith", "prompt": "1+1=", "answer": ' + b"1" * 5000 + b"}\n", "t.jsonl:1: malformed JSON"),
 ])
-def test_bad_task_files(content, message, workdir, capsys):
-    fails(["eval", "--config", TEXT, "--tasks", "t.jsonl"], message, workdir, capsys, {"t.jsonl": content})
-    fails([*TRAIN, "--config", TEXT, "--set", "train.prompts=t.jsonl"], message, workdir, capsys,
+def test_bad_task_files(content, message, workdir, capfd):
+    fails(["eval", "--config", TEXT, "--tasks", "t.jsonl"], message, workdir, capfd, {"t.jsonl": content})
+    fails([*TRAIN, "--config", TEXT, "--set", "train.prompts=t.jsonl"], message, workdir, capfd,
           {"t.jsonl": content})
 
 
 @pytest.mark.parametrize("runtime", ["local", "ray"])  # ray: before any cluster starts (this takes no time)
-def test_bad_training_prompts_leave_no_run_directory(runtime, workdir, capsys):
+def test_bad_training_prompts_leave_no_run_directory(runtime, workdir, capfd):
     fails([*TRAIN, "--set", f"runtime={runtime}", "--set", "train.prompts=m.jsonl"], "m.jsonl:1: malformed JSON",
-          workdir, capsys, {"m.jsonl": b"not json\n"})
+          workdir, capfd, {"m.jsonl": b"not json\n"})
 
 
-def test_bad_prompts(workdir, capsys):
-    fails(["sample", "--prompt", "a photo of a dog", "--out", "x.png"], "unknown word 'dog'", workdir, capsys)
-    fails(["sample", "--prompt", "", "--out", "x.png"], "empty prompt", workdir, capsys)
-    fails(["sample", "--prompt", "a photo of a \udcff circle", "--out", "x.png"], "unknown word", workdir, capsys)
+def test_bad_prompts(workdir, capfd):
+    fails(["sample", "--prompt", "a photo of a dog", "--out", "x.png"], "unknown word 'dog'", workdir, capfd)
+    fails(["sample", "--prompt", "", "--out", "x.png"], "empty prompt", workdir, capfd)
+    fails(["sample", "--prompt", "a photo of a \udcff circle", "--out", "x.png"], "unknown word", workdir, capfd)
 
 
 def tiny_mdm_file(arch: TinyArch, claimed: TinyArch, change=lambda name, tensor: tensor) -> bytes:
@@ -184,8 +151,8 @@ SMALL = TinyArch(d_model=32, layers=1, heads=2, conv_layers=0)
      "holds values that are not finite (NaN or infinite)"),
     ({"rundir": None}, "rundir", "run directory rundir has no complete checkpoint"),
 ])
-def test_bad_checkpoints(files, checkpoint, message, workdir, capsys):
-    fails(["eval", "--checkpoint", checkpoint], message, workdir, capsys, files)
+def test_bad_checkpoints(files, checkpoint, message, workdir, capfd):
+    fails(["eval", "--checkpoint", checkpoint], message, workdir, capfd, files)
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -198,24 +165,24 @@ def test_bad_checkpoints(files, checkpoint, message, workdir, capsys):
     (["eval", "--metadata", "m.jsonl", "--images", "imgs"], "not allowed with argument"),
     ([], "the following arguments are required: command"),
 ])
-def test_bad_arguments(argv, message, workdir, capsys):
-    fails(argv, message, workdir, capsys)
+def test_bad_arguments(argv, message, workdir, capfd):
+    fails(argv, message, workdir, capfd)
 
 
-def test_a_taken_metrics_port_leaves_no_run_directory(workdir, capsys):
+def test_a_taken_metrics_port_leaves_no_run_directory(workdir, capfd):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        fails([*TRAIN, "--set", f"metrics.port={port}"], f"metrics endpoint 127.0.0.1:{port}:", workdir, capsys)
+        fails([*TRAIN, "--set", f"metrics.port={port}"], f"metrics endpoint 127.0.0.1:{port}:", workdir, capfd)
 
 
-def test_impossible_resources_leave_no_run_directory(workdir, capsys):
+def test_impossible_resources_leave_no_run_directory(workdir, capfd):
     fails([*TRAIN, "--set", "runtime=ray", "--set", "cluster.learner_gpus=1"], "1 GPU needed, 0 in the cluster",
-          workdir, capsys)
+          workdir, capfd)
 
 
-def test_a_checkpoint_an_actor_cannot_load_is_one_line(workdir, capsys):
+def test_a_checkpoint_an_actor_cannot_load_is_one_line(workdir, capfd):
     """The rollout actor's constructor finds it: the error crosses to the driver as itself, not a traceback."""
     fails([*TRAIN, "--set", "runtime=ray", "--set", "model.checkpoint=missing.safetensors"],
-          "checkpoint not found: missing.safetensors", workdir, capsys)
+          "checkpoint not found: missing.safetensors", workdir, capfd)

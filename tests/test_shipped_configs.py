@@ -47,6 +47,23 @@ def test_amused_1gpu_shares_one_gpu_and_keeps_amused_pipeline_defaults():
     assert (s.steps, s.guidance, s.remask_temperature, s.temperature) == (12, 9.0, 2.0, 1.0)
 
 
+def test_smoke_1gpu_puts_every_role_on_one_gpu_with_nothing_to_download(tmp_path):
+    """CI's GPU smoke run: the embedded default's model and reward, the GPU shared by fractions; on this CPU
+    machine its placement is checked and, with the GPUs taken away, it trains in one process."""
+    config = load_config(CONFIGS / "smoke-1gpu.yaml")
+    c = config.cluster
+    assert sum(n * gpus for n, gpus, _ in pools(c).values()) == 1 and c.weight_sync == "object_store"
+    assert config.runtime == "ray" and config.model.checkpoint == "builtin:tiny_mdm"
+    assert {r.kind for r in config.rewards} == {"shapes"}
+    overrides = ["runtime=local", "cluster.rollout_gpus=0", "cluster.learner_gpus=0", "train.iterations=2",
+                 "algo.prompts_per_iteration=2", "algo.group_size=4", "sampler.batch_size=8", "train.eval_every=2",
+                 "train.eval_metadata={}"]
+    run = tmp_path / "run"
+    args = ["train", "--config", str(CONFIGS / "smoke-1gpu.yaml"), "--run-dir", str(run)]
+    assert main(args + [arg for o in overrides for arg in ("--set", o)]) == 0
+    assert [json.loads(line)["iteration"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
 def test_sd3_1gpu_shares_one_gpu_with_flow_grpos_sd35_sampling_and_mixgrpos_window():
     config = load_config(CONFIGS / "sd3-1gpu.yaml")
     c = config.cluster

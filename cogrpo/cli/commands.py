@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from cogrpo.proto.errors import InputError, Interrupted, clip
+from cogrpo.proto.paths import output_file, output_folder
 
 
 def _positive(name: str, value: int | None, high: int | None = None) -> None:
@@ -81,12 +82,7 @@ def _check_out(path: str | None, flag: str, suffix: str, needed: bool) -> Path |
         return None
     if not needed:
         raise InputError(f"{flag} does not apply to this model's samples")
-    out = Path(path)
-    if out.suffix.lower() != suffix:
-        raise InputError(f"{flag} must be a {suffix} file, got {clip(path)!r}")
-    if out.is_dir():
-        raise InputError(f"{flag} {clip(path)!r} is a directory")
-    return out
+    return output_file(path, flag, suffix)
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
@@ -124,9 +120,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     config = _config(args)
     texts = config.samples == "texts"
     out = _check_out(args.out, "--out", ".jsonl", texts)
-    outdir = Path(args.outdir) if args.outdir else None
-    if outdir is not None and outdir.exists() and (not outdir.is_dir() or any(outdir.iterdir())):
-        raise InputError(f"output folder exists and is not empty: {outdir}")
+    outdir = output_folder(args.outdir, "--outdir") if args.outdir else None
     records = _prompt_file(args, config)
     family, model, steps, seed, schedule = _setup(args, config)
     n = args.n_per_prompt
@@ -144,12 +138,13 @@ def cmd_eval(args: argparse.Namespace) -> None:
     import numpy as np
 
     from cogrpo.cluster.build import build_rewards
-    from cogrpo.data.geneval import load_image, read_generation, write_jsonl
+    from cogrpo.data.geneval import load_generation, read_generation, write_jsonl
     from cogrpo.rewards.registry import mask_unscored, reward_stats, score_in_batches
     from cogrpo.rewards.shapes import geneval_summary, judge_generation
     from cogrpo.rollout.batching import repeat_each
     from cogrpo.rollout.collect import evaluate, join
 
+    results = output_file(args.results, "--results") if args.results else None
     if args.images:
         for flag in ("checkpoint", "steps", "seed", "n_per_prompt"):
             if getattr(args, flag) is not None:
@@ -159,7 +154,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
             raise InputError("--images scores an image folder: this config's model makes texts")
         folders = read_generation(args.images)
         records = [record for record, _ in folders]
-        per_record = [np.stack([load_image(p) for p in paths]) for _, paths in folders]
+        per_record = load_generation(folders)
         rows, judgements = judge_generation(records, per_record)
         result, samples = geneval_summary(rows, judgements), np.concatenate(per_record)
         metadata = [record for record, images in zip(records, per_record, strict=True) for _ in images]
@@ -176,8 +171,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     # the config's rewards too: GenEval's judge knows only the shapes world, a reward model any image
     terms = score_in_batches(build_rewards(config), samples, metadata, config.sampler.batch_size)
     result.update(reward_stats(config.rewards, mask_unscored(terms)))
-    if args.results:
-        write_jsonl(args.results, rows)
+    if results is not None:
+        write_jsonl(results, rows)
     if args.json:
         print(json.dumps(result))
         return
@@ -205,9 +200,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     if config.model.kind not in TINY_MODELS:
         raise InputError(f"pretrain trains the tiny models ({', '.join(TINY_MODELS)}) from scratch, not "
                          f"model.kind {config.model.kind}")
-    out = Path(args.out or config.pretrain.out)
-    if out.suffix != ".safetensors":
-        raise InputError(f"pretrain output must be a .safetensors file, got {str(out)!r}")
+    out = output_file(args.out or config.pretrain.out, "--out (pretrain.out)", ".safetensors")
     records = read_records(config.eval.metadata, config.samples)
     configure_compute(config.threads)
     torch.manual_seed(config.seed)

@@ -120,6 +120,7 @@ class TrainingLoop:
         except BaseException:
             self.metrics.close()
             raise
+        self.metrics.record_run(str(self.run.path), config.algo.mode, str(config.model.kind))
         runtime.publish()  # samplers start from the learner's weights, whatever they loaded
 
     def _open_run(self, run_dir: str | None) -> RunDir:
@@ -236,7 +237,9 @@ class TrainingLoop:
     def evaluate(self, iteration: int) -> list[dict]:
         """Every split at every evaluated step count. A row holds the family's summary, the rewards and the knob
         values the schedule applied per step (averaged over the split); the first split's images make the sample
-        grid, and its knobs the schedule plot."""
+        grid, and its knobs the schedule plot. No splits (train.eval_metadata: {}): nothing to evaluate."""
+        if not self.eval_sets:
+            return []
         config, rows, knobs = self.config, [], None
         names = [knob.name for knob in self.runtime.family.knobs]
         for steps in config.train.eval_steps:

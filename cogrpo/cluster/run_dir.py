@@ -7,17 +7,47 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from cogrpo.proto.config import Config, dump_config
-from cogrpo.proto.errors import InputError
+from cogrpo.proto.errors import InputError, clip
 from cogrpo.proto.layout import CheckpointLayout, RunLayout
+from cogrpo.proto.paths import output_folder
+
+
+LOCK_BEAT_S, LOCK_STALE_S = 30.0, 120.0  # the writer touches its lock this often; older, another host's is stale
+RAY_WORKING_DIR = "working_dir_files"  # where Ray unpacks a job's --working-dir (<session>/runtime_resources/...)
 
 
 def run_path(config: Config, override: str | None = None) -> Path:
-    return Path(override or config.train.run_dir or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{config.algo.mode}")
+    """The run directory: --run-dir, train.run_dir or runs/<time>-<mode>, under train.run_root when relative. A
+    relative one inside a Ray job's working-directory package is refused (Ray deletes that copy with its session,
+    and the run with it) unless train.ephemeral_run_dir says so."""
+    path = Path(override or config.train.run_dir or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{config.algo.mode}")
+    root = config.train.run_root
+    if root is not None and "://" in root:
+        raise InputError(f"train.run_root {clip(root)!r}: object storage is reached through a mount (mountpoint-s3, "
+                         "gcsfuse, a shared filesystem): give the mounted path")
+    if root is not None and not path.is_absolute():
+        path = Path(root) / path
+    if not path.is_absolute() and _in_ray_working_dir() and not config.train.ephemeral_run_dir:
+        raise InputError(f"run directory {clip(str(path))!r} is relative, inside this Ray job's working directory, "
+                         "which Ray deletes with the cluster: give an absolute --run-dir or train.run_root (a "
+                         "shared filesystem), or set train.ephemeral_run_dir=true")
+    return path
+
+
+def _in_ray_working_dir() -> bool:
+    """This process runs in (or its code came from) a Ray job's working-directory package; a directory Ray deleted
+    and is unpacking again counts as one."""
+    try:
+        cwd = Path.cwd().parts
+    except FileNotFoundError:
+        return True
+    return RAY_WORKING_DIR in cwd or RAY_WORKING_DIR in Path(__file__).parts
 
 
 @dataclass(frozen=True)
@@ -67,6 +97,7 @@ class RunDir:
         self.metrics: list[dict] = []
         self.evals: list[dict] = []
         self.locked = False
+        self._stopped = threading.Event()
 
     @classmethod
     def create(cls, config: Config, override: str | None = None) -> RunDir:
@@ -88,8 +119,7 @@ class RunDir:
 
     @classmethod
     def _open(cls, config: Config, path: Path) -> RunDir:
-        if path.exists() and not path.is_dir():
-            raise InputError(f"run directory {path} exists and is not a directory")
+        output_folder(path, "run directory", empty=False)
         path.mkdir(parents=True, exist_ok=True)
         run = cls(path)
         run._claim()
@@ -114,14 +144,25 @@ class RunDir:
                     lock.unlink(missing_ok=True)  # its process is gone
                     continue
                 self.locked = True
+                self._heartbeat = threading.Thread(target=self._beat, daemon=True, name="cogrpo-run-lock")
+                self._heartbeat.start()
                 return
         finally:
             mine.unlink(missing_ok=True)
         raise InputError(f"run directory {self.path}: cannot take its lock {lock}")
 
+    def _beat(self) -> None:
+        """Touch the lock while this process holds it: another host tells a dead writer's lock by its age."""
+        while not self._stopped.wait(LOCK_BEAT_S):
+            try:
+                os.utime(self.layout.lock)
+            except OSError:
+                return
+
     def release(self) -> None:
         """Give the lock back (once; the loop calls it when it closes)."""
         if self.locked:
+            self._stopped.set()
             self.layout.lock.unlink(missing_ok=True)
             self.locked = False
 
@@ -151,12 +192,16 @@ class RunDir:
 
 
 def _live_owner(lock: Path) -> str | None:
-    """"process PID on HOST" when the lock's writer may still run (another host's cannot be checked), else None."""
+    """"process PID on HOST" when the lock's writer may still run, else None. On this host its pid tells; another
+    host's writer (a retried job's earlier driver pod) is gone once its heartbeat is LOCK_STALE_S old."""
     try:
         pid_text, host = lock.read_text(encoding="utf-8").split()
         pid = int(pid_text)
+        age = time.time() - lock.stat().st_mtime
     except (OSError, UnicodeDecodeError, ValueError):
         return None  # not a lock this code writes (they are written whole)
+    if host != socket.gethostname() and age > LOCK_STALE_S:
+        return None
     if host == socket.gethostname():
         try:
             os.kill(pid, 0)

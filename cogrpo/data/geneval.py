@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from collections import defaultdict
 from pathlib import Path
 
@@ -18,9 +19,9 @@ import numpy as np
 from PIL import Image
 
 from cogrpo.data.jsonl import read_jsonl
-from cogrpo.data.prompts import TASKS, tokenize
+from cogrpo.data.prompts import MAX_COUNT, TASKS, parse_prompt, tokenize
 from cogrpo.data.world import CLASSES, COLORS, RELATIONS
-from cogrpo.proto.errors import InputError
+from cogrpo.proto.errors import InputError, clip
 
 
 BUILTIN_DIR = Path(__file__).parent / "metadata"
@@ -34,7 +35,7 @@ def resolve_metadata_path(spec: str) -> Path:
     return Path(spec)
 
 
-def _check_entry(entry: object, n_includes: int, where: str) -> None:
+def _check_entry(entry: object, n_includes: int, high: int, where: str) -> None:
     if not isinstance(entry, dict):
         raise InputError(f"{where}: include/exclude entries must be objects")
     unknown = set(entry) - {"class", "count", "color", "position"}
@@ -43,8 +44,8 @@ def _check_entry(entry: object, n_includes: int, where: str) -> None:
     if entry.get("class") not in CLASSES:
         raise InputError(f"{where}: unknown class {entry.get('class')!r} (classes: {', '.join(CLASSES)})")
     count = entry.get("count")
-    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
-        raise InputError(f"{where}: count must be a positive integer, got {count!r}")
+    if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= high:
+        raise InputError(f"{where}: count must be an integer from 1 to {high} here, got {clip(repr(count))}")
     if "color" in entry and entry["color"] not in COLORS:
         raise InputError(f"{where}: unknown color {entry['color']!r} (colors: {', '.join(COLORS)})")
     if "position" in entry:
@@ -66,15 +67,35 @@ def validate_record(record: object, where: str) -> dict:
     includes = record["include"]
     if not isinstance(includes, list) or not includes:
         raise InputError(f"{where}: include must be a non-empty list")
-    for entry in includes + list(record.get("exclude", [])):
-        _check_entry(entry, len(includes), where)
+    excludes = record.get("exclude", [])
+    if not isinstance(excludes, list):
+        raise InputError(f"{where}: exclude must be a list")
+    for entry in includes:
+        _check_entry(entry, len(includes), MAX_COUNT, where)
+    for entry in excludes:  # counting's "not one more"
+        _check_entry(entry, len(includes), MAX_COUNT + 1, where)
     if not isinstance(record["prompt"], str):
         raise InputError(f"{where}: prompt must be a string")
     try:
         tokenize(record["prompt"])
     except InputError as exc:
         raise InputError(f"{where}: {exc}") from None
+    _check_agrees(record, where)
     return record
+
+
+def _check_agrees(record: dict, where: str) -> None:
+    """A prompt written in one of the six templates must ask for what the record's tag, include and exclude
+    judge; a free-form prompt (in the vocabulary) is taken as it is."""
+    try:
+        asked = parse_prompt(record["prompt"])
+    except InputError:
+        return
+    for key in ("tag", "include", "exclude"):
+        if asked.get(key, []) != record.get(key, []):
+            raise InputError(f"{where}: the prompt {clip(record['prompt'])!r} disagrees with the record's {key} "
+                             f"({clip(json.dumps(record.get(key, [])))}; the prompt asks for "
+                             f"{clip(json.dumps(asked.get(key, [])))})")
 
 
 def read_metadata(path: str | Path) -> list[dict]:
@@ -130,12 +151,42 @@ def read_generation(outdir: str | Path) -> list[tuple[dict, list[Path]]]:
     return out
 
 
+MIN_SIDE, MAX_PIXELS = 16, 4096 * 4096  # what a generated image to judge may measure
+
+
 def load_image(path: Path) -> np.ndarray:
+    """An RGB image, its size checked from the header before it is decoded (a 20000x20000 claim is refused, not
+    expanded)."""
     try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # refused, not warned about
+            im = Image.open(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise InputError(f"image {clip(str(path))} claims more pixels than any image to score "
+                         f"(at most {MAX_PIXELS})") from None
     except OSError as exc:
-        raise InputError(f"cannot read image {path}: {exc}") from None
+        raise InputError(f"cannot read image {clip(str(path))}: {clip(str(exc))}") from None
+    with im:
+        width, height = im.size
+        if min(width, height) < MIN_SIDE or width * height > MAX_PIXELS:
+            raise InputError(f"image {clip(str(path))} is {width}x{height}: images to score have sides of at least "
+                             f"{MIN_SIDE} px and at most {MAX_PIXELS} pixels")
+        try:
+            return np.asarray(im.convert("RGB"))
+        except (OSError, ValueError) as exc:
+            raise InputError(f"cannot read image {clip(str(path))}: {clip(str(exc))}") from None
+
+
+def load_generation(folders: list[tuple[dict, list[Path]]]) -> list[np.ndarray]:
+    """The images of read_generation's folders, one (n, H, W, 3) array per prompt: one size for the whole folder,
+    as one model's generation has."""
+    loaded = [[load_image(path) for path in paths] for _, paths in folders]
+    sizes = {image.shape for images in loaded for image in images}
+    if len(sizes) > 1:
+        first, other = sorted(sizes)[:2]
+        raise InputError(f"the images to score differ in size ({first[1]}x{first[0]} and {other[1]}x{other[0]}): "
+                         "a generation folder holds one model's images, all of one size")
+    return [np.stack(images) for images in loaded]
 
 
 def summarize(results: list[dict]) -> dict:

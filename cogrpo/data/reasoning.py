@@ -10,8 +10,11 @@ A task is one JSON object per line, `{"task": ..., "prompt": ..., "answer": ...}
   each number exactly once and reaches the target exactly counts.
 
 A completion (the model's output) carries its final answer after the last answer marker `#`: "#405". What precedes
-it is a scratchpad the verifiers ignore. A prompt belongs to the held-out split when a hash of it says so, so the
-splits are disjoint whatever is drawn.
+it is a scratchpad the verifiers ignore. The world's reference completions (what a model is pretrained on) write
+one: arith its columns least significant first, each the operand digits, the result digit and the carry or
+borrow ("347+58=" -> "7851450130400000#405"), countdown the intermediate values of its expression
+("3,7,25->46" -> "21#3*7+25"). A prompt belongs to the held-out split when a hash of it says so, so the splits are
+disjoint whatever is drawn.
 
 Task files may also hold GSM8K's lines, `{"question": ..., "answer": "... #### 42"}` (task `gsm8k`, for real
 language models): a completion's answer is its last `#### N` or `\boxed{N}`, compared as a number.
@@ -33,6 +36,7 @@ TASK_KINDS: tuple[str, ...] = ("arith", "sudoku", "countdown")
 ANSWER_MARK = "#"
 ALPHABET = "0123456789+-*/=,>()" + ANSWER_MARK  # every character a prompt or a completion of this world uses
 MAX_PROMPT = 20  # characters; the longest prompt drawn is 16
+MAX_COMPLETION = 24  # characters of a reference completion, scratchpad included
 HELDOUT_SHARE = 5  # one prompt in five is held out
 OPERATIONS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv}
 COUNTDOWN_BIG = (25, 50, 75, 100)
@@ -71,7 +75,7 @@ def _sudoku_solution(rng: random.Random) -> list[list[int]]:
 
 def sudoku(rng: random.Random) -> dict:
     solution = "".join(str(d) for row in _sudoku_solution(rng) for d in row)
-    blanks = set(rng.sample(range(16), rng.randint(6, 10)))
+    blanks = set(rng.sample(range(16), rng.randint(8, 12)))
     puzzle = "".join("0" if i in blanks else ch for i, ch in enumerate(solution))
     return {"task": "sudoku", "prompt": puzzle, "answer": solution}
 
@@ -105,7 +109,9 @@ def countdown(rng: random.Random) -> dict:
         if made is None or not 10 <= made[0] <= 999 or made[0] in numbers:
             continue
         rng.shuffle(numbers)
-        return {"task": "countdown", "prompt": f"{','.join(map(str, numbers))}->{made[0]}", "answer": made[1]}
+        task = {"task": "countdown", "prompt": f"{','.join(map(str, numbers))}->{made[0]}", "answer": made[1]}
+        if len(reference_completion(task)) <= MAX_COMPLETION:
+            return task
 
 
 GENERATORS = {"arith": arith, "sudoku": sudoku, "countdown": countdown}
@@ -136,6 +142,41 @@ def arith_value(prompt: str) -> str:
     """An arith prompt's answer."""
     a, op, b = _PROMPT_FORMS["arith"].fullmatch(prompt).groups()
     return str(int(a) + int(b) if op == "+" else int(a) - int(b) if op == "-" else int(a) * int(b))
+
+
+def _digit_steps(prompt: str) -> str:
+    """An arith prompt's columns, least significant first, the way the sum is done by hand: each column's operand
+    digits (a product's one digit of the first operand; the second is in the prompt), then the result digit and
+    the carry (or borrow) it passes on. Copying the digits first leaves every result digit a function of the few
+    characters just before it."""
+    a, op, b = _PROMPT_FORMS["arith"].fullmatch(prompt).groups()
+    columns = len(a) if op == "-" else max(len(a), len(b)) + 1
+    x, y = a.zfill(columns)[::-1], b.zfill(columns)[::-1]
+    steps, carry = [], 0
+    for i in range(columns):
+        if op == "+":
+            total = int(x[i]) + int(y[i]) + carry
+            digit, carry = total % 10, total // 10
+        elif op == "-":
+            total = int(x[i]) - int(y[i]) - carry
+            digit, carry = total % 10, int(total < 0)
+        else:
+            total = int(x[i]) * int(b) + carry
+            digit, carry = total % 10, total // 10
+        steps.append(f"{x[i]}{digit}{carry}" if op == "*" else f"{x[i]}{y[i]}{digit}{carry}")
+    return "".join(steps)
+
+
+def reference_completion(task: dict) -> str:
+    """The completion a model learns from: a scratchpad (arith's column steps, countdown's intermediate values),
+    the answer marker and the task's answer."""
+    kind, prompt, answer = task["task"], task["prompt"], task["answer"]
+    if kind == "arith":
+        return _digit_steps(prompt) + ANSWER_MARK + answer
+    if kind == "countdown":
+        partials = _evaluate(answer)[2][:-1]
+        return ",".join(str(v) for v in partials) + ANSWER_MARK + answer
+    return ANSWER_MARK + answer
 
 
 _GSM8K_ANSWER = re.compile(r"####\s*([^\n]*)|\\boxed\{([^{}]*)\}")
@@ -184,8 +225,14 @@ def _sudoku_valid(puzzle: str, answer: str) -> bool:
 def evaluate_expression(text: str) -> tuple[Fraction, list[int]] | None:
     """(value, the numbers it uses) of an expression over non-negative integers, + - * / and parentheses; None if
     it does not parse or divides by zero. Exact arithmetic, standard precedence, no Python eval."""
+    evaluated = _evaluate(text)
+    return None if evaluated is None else evaluated[:2]
+
+
+def _evaluate(text: str) -> tuple[Fraction, list[int], list[Fraction]] | None:
+    """evaluate_expression's parser; also the value of every operation, in the order they are done."""
     tokens = re.findall(r"[0-9]+|[-+*/()]|\S", text)
-    pos, numbers = 0, []
+    pos, numbers, partials = 0, [], []
 
     def atom() -> Fraction:
         nonlocal pos
@@ -210,6 +257,7 @@ def evaluate_expression(text: str) -> tuple[Fraction, list[int]] | None:
         while pos < len(tokens) and tokens[pos] in ops:
             op, pos = tokens[pos], pos + 1
             value = OPERATIONS[op](value, operand())
+            partials.append(value)
         return value
 
     def term() -> Fraction:
@@ -224,7 +272,7 @@ def evaluate_expression(text: str) -> tuple[Fraction, list[int]] | None:
         value = expr()
     except (ValueError, ZeroDivisionError):
         return None
-    return (value, numbers) if pos == len(tokens) else None
+    return (value, numbers, partials) if pos == len(tokens) else None
 
 
 def is_correct(task: dict, answer: str | None) -> bool:
@@ -246,12 +294,12 @@ def is_correct(task: dict, answer: str | None) -> bool:
 
 
 def well_formed(task: dict, completion: str) -> bool:
-    """The format reward's test: exactly one answer marker, first, then an answer in the task's own characters (a
-    GSM8K task: a numeric answer it can extract)."""
+    """The format reward's test: exactly one answer marker, then an answer in the task's own characters (a GSM8K
+    task: a numeric answer it can extract)."""
     if task["task"] == "gsm8k":
         return gsm8k_answer(completion) is not None
     answer = final_answer(completion)
-    if answer is None or completion.count(ANSWER_MARK) != 1 or not completion.startswith(ANSWER_MARK):
+    if answer is None or completion.count(ANSWER_MARK) != 1:
         return False
     allowed = {"arith": "-0123456789", "sudoku": "1234", "countdown": "0123456789+-*/()"}[task["task"]]
     return bool(answer) and all(ch in allowed for ch in answer)

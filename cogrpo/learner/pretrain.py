@@ -4,7 +4,7 @@ Image models: each batch samples GenEval records over all six tasks and renders 
 replaced by the null prompt so classifier-free guidance works. Then the model's objective: TinyMDM's BERT-style
 masked-token cross-entropy (a cosine-distributed fraction of tokens masked per image), TinyFlow's rectified-flow
 velocity regression (times logit-normal, as SD3 trains). TinyMDLM: tasks of the reasoning world's training split,
-their reference answers as completions, the masked-diffusion cross-entropy on the completion.
+their reference completions (scratchpad and answer), the masked-diffusion cross-entropy on the completion.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from cogrpo.data.prompts import TASKS, sample_records
-from cogrpo.data.reasoning import ANSWER_MARK, sample_tasks
+from cogrpo.data.reasoning import reference_completion, sample_tasks
 from cogrpo.data.world import render, to_rgb
 from cogrpo.learner.objectives import cosine_decay
 from cogrpo.models.interface import MaskedTokenModel
@@ -84,9 +84,10 @@ def mask_completions(tokens: torch.Tensor, mask_id: int, generator: torch.Genera
 
 def masked_text_loss(model: TinyMDLM, rng: random.Random, config: PretrainConfig,
                      generator: torch.Generator) -> torch.Tensor:
-    """Cross-entropy at the masked positions of the reference completions ("#" and the answer, EOS after)."""
+    """Cross-entropy at the masked positions of the reference completions (a scratchpad, "#" and the answer, EOS
+    after)."""
     tasks = sample_tasks(rng, config.batch_size, "train")
-    tokens = model.encode_completions([ANSWER_MARK + t["answer"] for t in tasks])
+    tokens = model.encode_completions([reference_completion(t) for t in tasks])
     inputs, masked = mask_completions(tokens, model.mask_id, generator)
     return F.cross_entropy(model(inputs, model.encode_prompts([t["prompt"] for t in tasks]))[masked], tokens[masked])
 

@@ -1,8 +1,10 @@
 """TinyMDLM: a few-million-parameter masked diffusion language model over the reasoning world's characters,
 trainable on a CPU in minutes.
 
-The prompt (right-padded) and the completion (a fixed number of positions, EOS-filled after the answer) form one
-sequence under full bidirectional attention, as in LLaDA; logits are read at the completion's positions. Prompt and
+The prompt (left-padded, so it ends where the completion starts) and the completion (a fixed number of positions,
+EOS-filled after the answer) form one sequence under full bidirectional attention, as in LLaDA; logits are read at
+the completion's positions. Attention sees relative positions too (rotary embeddings): a digit's column is an
+offset from the operator, whatever the operands' lengths. Prompt and
 completion share one token embedding, mask token included, so a prompt can be masked too (the unconditional prompt
 of guidance is all masks, as LLaDA's; d1's estimator masks part of it).
 """
@@ -13,15 +15,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cogrpo.data.reasoning import ALPHABET, MAX_PROMPT
+from cogrpo.data.reasoning import ALPHABET, MAX_COMPLETION, MAX_PROMPT
 from cogrpo.models.interface import MaskedTokenModel
-from cogrpo.models.tiny_mdm import Block
+from cogrpo.models.tiny_mdm import Block, rotary_angles
 from cogrpo.proto.config import TinyArch
 from cogrpo.proto.errors import InputError, clip
 
 PAD, EOS = 0, 1  # prompt padding, completion filler
 CHARS = ALPHABET
-COMPLETION = 24  # completion positions
+COMPLETION = MAX_COMPLETION  # completion positions: the longest reference completion fits
 
 
 def encode_text(text: str) -> list[int]:
@@ -55,6 +57,8 @@ class TinyMDLM(MaskedTokenModel):
         self.ln_f = nn.LayerNorm(d)
         self.head = nn.Linear(d, self.codebook_size)
         nn.init.normal_(self.token_emb.weight, std=0.02)
+        self.register_buffer("rotary", torch.stack(rotary_angles(MAX_PROMPT + COMPLETION, d // arch.heads)),
+                             persistent=False)
 
     @property
     def codebook_size(self) -> int:
@@ -70,7 +74,7 @@ class TinyMDLM(MaskedTokenModel):
             if not prompt or len(prompt) > MAX_PROMPT:
                 raise InputError(f"a TinyMDLM prompt has 1 to {MAX_PROMPT} characters: {clip(prompt)!r}")
             ids = encode_text(prompt)
-            rows.append(ids + [PAD] * (MAX_PROMPT - len(ids)))
+            rows.append([PAD] * (MAX_PROMPT - len(ids)) + ids)
         return torch.tensor(rows, dtype=torch.long)
 
     def encode_completions(self, completions: list[str]) -> torch.Tensor:
@@ -104,9 +108,11 @@ class TinyMDLM(MaskedTokenModel):
         return self.token_emb.weight.detach().cpu().clone()
 
     def forward(self, tokens: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        h = self.token_emb(torch.cat([cond, tokens], 1)) + self.pos[:, :cond.shape[1] + tokens.shape[1]]
+        n = cond.shape[1] + tokens.shape[1]
+        h = self.token_emb(torch.cat([cond, tokens], 1)) + self.pos[:, :n]
+        rotary = (self.rotary[0, :n], self.rotary[1, :n])
         for block in self.blocks:
-            h = block(h)
+            h = block(h, rotary)
         return self.head(self.ln_f(h[:, cond.shape[1]:]))
 
     def decode_texts(self, tokens: torch.Tensor) -> list[str]:

@@ -17,6 +17,19 @@ from cogrpo.models.patch_tokenizer import PatchTokenizer
 from cogrpo.proto.config import TinyArch
 
 
+def rotary_angles(positions: int, head_dim: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin (positions, head_dim / 2) of rotary position embeddings (RoFormer)."""
+    freqs = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    angles = torch.arange(positions, dtype=torch.float32)[:, None] * freqs[None, :]
+    return angles.cos(), angles.sin()
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate (B, H, N, Dh) queries or keys by their positions' angles, pairs (first half, second half)."""
+    first, second = x.chunk(2, dim=-1)
+    return torch.cat([first * cos - second * sin, first * sin + second * cos], dim=-1)
+
+
 class Block(nn.Module):
     def __init__(self, d: int, heads: int, ff_mult: int):
         super().__init__()
@@ -27,9 +40,12 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(d)
         self.ff = nn.Sequential(nn.Linear(d, ff_mult * d), nn.GELU(), nn.Linear(ff_mult * d, d))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """rotary: (cos, sin) of rotary_angles, to attend by relative position too (TinyMDLM's digits)."""
         b, n, d = x.shape
         q, k, v = self.qkv(self.ln1(x)).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        if rotary is not None:
+            q, k = rotate(q, *rotary), rotate(k, *rotary)
         attn = F.scaled_dot_product_attention(q, k, v)
         x = x + self.proj(attn.transpose(1, 2).reshape(b, n, d))
         return x + self.ff(self.ln2(x))

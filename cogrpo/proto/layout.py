@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
-from cogrpo.proto.errors import InputError
+from cogrpo.proto.errors import InputError, clip
 
 
 class CheckpointLayout:
@@ -90,7 +91,12 @@ class RunLayout:
     def latest(self) -> Path | None:
         """The newest complete checkpoint folder, if any."""
         marker = self.latest_marker
-        return marker.parent / marker.read_text().strip() if marker.is_file() else None
+        if not marker.is_file():
+            return None
+        name = marker.read_bytes()[:64].decode("ascii", errors="replace").strip()
+        if not re.fullmatch(r"iter_\d{6}", name):
+            raise InputError(f"{marker} is damaged: it names {clip(name)!r}, not a checkpoint folder (iter_NNNNNN)")
+        return marker.parent / name
 
     def holds(self, folder: Path) -> bool:
         """Whether `folder` is one of this run's checkpoint folders."""

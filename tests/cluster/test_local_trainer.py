@@ -5,6 +5,7 @@ import torch
 
 from cogrpo.cluster.loop import trainer
 from cogrpo.cluster.ray.actors import RolloutWorker
+from cogrpo.learner.learner import Learner
 from cogrpo.proto.config import load_config
 from cogrpo.rollout.masked_image.family import hand_knobs
 
@@ -64,9 +65,31 @@ def test_each_mode_trains_only_its_policies(tmp_path, tiny, mode, update, phases
     assert changed(policy_before, loop.runtime.policy) == any(p for _, p in phases)
 
 
-def test_window_flash_and_maskgrpo_variants_run(tmp_path, tiny):
-    window = tiny("algo.steps.mode=window", "algo.steps.window=2", "algo.steps.flash_ratio=0.5")
+@pytest.mark.parametrize("outside", ["deterministic", "stochastic"])
+def test_a_flash_window_trains_its_window_and_decodes_fewer_steps_after_it(tmp_path, tiny, monkeypatch, outside):
+    """Six steps, a window of two moved every iteration, flash ratio 1/2: iteration 0 trains steps 0, 1 and decodes
+    2 and 5 after them (half of 2..5, ending on the last); iteration 1 trains 1, 2 and decodes 3 and 5. Steps
+    outside the window are greedy, or sampled but untrained."""
+    seen = []
+    update = Learner.update
+
+    def spy(learner, batch, iteration, stale=False):
+        traj = batch.traj
+        trained = [int(traj.step_index[t]) for t in range(traj.steps)
+                   if batch.trained[:, t].any() and traj.stochastic[t]]
+        seen.append((traj.step_index.tolist(), traj.stochastic.tolist(), trained))
+        return update(learner, batch, iteration, stale)
+
+    monkeypatch.setattr(Learner, "update", spy)
+    window = tiny("sampler.steps=6", "algo.steps.mode=window", "algo.steps.window=2", "algo.steps.shift_every=1",
+                  "algo.steps.flash_ratio=0.5", f"algo.steps.outside={outside}")
     run(window, tmp_path, "window")
+    sampled = [[True] * 4, [True] * 5] if outside == "stochastic" else \
+        [[True, True, False, False], [False, True, True, False, False]]
+    assert seen == [([0, 1, 2, 5], sampled[0], [0, 1]), ([0, 1, 2, 3, 5], sampled[1], [1, 2])]
+
+
+def test_maskgrpo_trains_theta(tmp_path, tiny):
     maskgrpo = tiny("algo.mode=grpo", "algo.theta_likelihood=maskgrpo", "sampler.kind=emerge",
                     "algo.inner_epochs=2")
     loop, before, _ = run(maskgrpo, tmp_path, "maskgrpo")

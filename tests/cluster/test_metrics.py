@@ -50,6 +50,8 @@ def test_a_row_becomes_gauges_counters_and_a_histogram_sample():
     assert math.isnan(samples[("cogrpo_clip_fraction", (("policy", "phi"),))])  # not trained: a gap, not stale
     assert samples[("cogrpo_images_generated", ())] == 16
     assert samples[("cogrpo_weight_sync_seconds", ())] == 0.02
+    assert samples[("cogrpo_iteration_seconds", ())] == 2.6  # observed, not set: no iteration lost between scrapes
+    assert METRICS["cogrpo_iteration_seconds"].kind == "histogram"
     assert samples[("cogrpo_actor_restarts", (("role", "rollout"),))] == 1
     assert ("cogrpo_actor_restarts", (("role", "reward"),)) not in samples  # a counter never moves by 0
     assert samples[("cogrpo_reward_failures", (("reward", "shapes_strict"),))] == 2
@@ -73,9 +75,12 @@ def test_every_dashboard_query_names_a_metric_the_code_exports():
     which the shipped Prometheus config strips (checked against Ray in the last test)."""
     sink = MetricsSink(MetricsConfig(port=0), ray_export=False)
     try:
+        sink.record_run("runs/a", "cogrpo", "tiny_mdm")
+        sink.record(ROW)
         sink.record(ROW)
         sink.record_schedule(torch.rand(4, len(KNOBS)), KNOBS)
         sink.record_eval(EVAL_ROW)
+        text = fetch(sink.url)
         exported = exported_names(sink.url)
     finally:
         sink.close()
@@ -86,6 +91,9 @@ def test_every_dashboard_query_names_a_metric_the_code_exports():
     assert queried - exported == set()
     base = {re.sub(r"_(total|bucket|sum|count)$", "", name) for name in queried}
     assert set(METRICS) - base == set(), "every metric has a panel"
+    assert 'cogrpo_run_info{mode="cogrpo",model="tiny_mdm",run="runs/a"} 1.0' in text
+    assert "cogrpo_iteration_seconds_count 2.0" in text and 'cogrpo_iteration_seconds_bucket{le="5.0"} 2.0' in text
+    assert all("max by (le)" not in q for q in queries), "a quantile over several series sums their buckets"
 
 
 def test_the_endpoint_binds_loopback_by_default_and_a_taken_port_is_bad_input():
@@ -188,7 +196,8 @@ def test_ray_export_reaches_prometheus_under_the_same_names(tmp_path, prometheus
     """Ray's metrics agent serves `ray_cogrpo_*`; through the shipped config's relabelling they are `cogrpo_*`.
     The service-discovery file is written here in Ray's format (an embedded cluster without the dashboard writes
     none)."""
-    ray = pytest.importorskip("ray")
+    import ray
+
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     monkeypatch.setenv("RAY_metrics_report_interval_ms", "500")
     agent_port = free_port()

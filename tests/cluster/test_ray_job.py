@@ -14,8 +14,6 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("ray")
-
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
 REPO = Path(__file__).resolve().parents[2]
@@ -68,27 +66,38 @@ def two_node_cluster():
         shutil.rmtree(temp, ignore_errors=True)
 
 
+def _finished(address: str, job: str, patience_s: float = 420) -> tuple[str, str]:
+    """(status, logs) of a submitted job once it has ended."""
+    deadline, status = time.time() + patience_s, ""
+    while time.time() < deadline:
+        status = _ray("job", "status", "--address", address, job)
+        if re.search(r"\b(succeeded|failed|stopped)\b", status, re.IGNORECASE):
+            break
+        time.sleep(3)
+    return status, _ray("job", "logs", "--address", address, job)
+
+
 def test_ray_job_submit_runs_the_smoke_config_on_two_nodes(two_node_cluster, eval_file, tmp_path):
-    run_dir = tmp_path / "run"
+    """The README's job: `--working-dir .`, a relative --run-dir under train.run_root (a path every node shares),
+    which is still there once the cluster is stopped; without a run root the relative run directory is refused."""
     overrides = ["train.iterations=2", "algo.prompts_per_iteration=2", "algo.group_size=4", "sampler.steps=4",
                  "sampler.batch_size=4", "train.eval_steps=[4]", f"train.eval_metadata={{heldout: {eval_file}}}",
                  "train.eval_at_start=false", "algo.alternate_every=1", "cluster.rollout_workers=2",
                  "cluster.rollout_cpus=0.5", "cluster.learner_cpus=0.5",
                  "cluster.rollout_resources={rollout_node: 0.01}", "cluster.learner_resources={learner_node: 0.01}"]
-    command = ["python", "-m", "cogrpo.train", "--config", "configs/smoke-cpu.yaml", "--run-dir", str(run_dir)]
+    command = ["python", "-m", "cogrpo.train", "--config", "configs/smoke-cpu.yaml", "--run-dir", "run"]
     for item in overrides:
         command += ["--set", item]
-    out = _submit(two_node_cluster, command)
-    job = re.search(r"raysubmit_\w+", out).group(0)
-    deadline, status = time.time() + 420, ""
-    while time.time() < deadline:
-        status = _ray("job", "status", "--address", two_node_cluster, job)
-        if re.search(r"\b(succeeded|failed|stopped)\b", status, re.IGNORECASE):
-            break
-        time.sleep(3)
-    logs = _ray("job", "logs", "--address", two_node_cluster, job)
+    lost = re.search(r"raysubmit_\w+", _submit(two_node_cluster, command)).group(0)
+    status, logs = _finished(two_node_cluster, lost)  # one at a time: jobs share the unpacked working directory
+    assert re.search(r"\bfailed\b", status, re.IGNORECASE), status
+    assert "cogrpo: error: run directory 'run' is relative, inside this Ray job's working directory" in logs, logs
+    job = re.search(r"raysubmit_\w+", _submit(two_node_cluster, [*command, "--set", f"train.run_root={tmp_path}"]))
+    status, logs = _finished(two_node_cluster, job.group(0))
     assert re.search(r"\bsucceeded\b", status, re.IGNORECASE), f"{status}\n{logs[-4000:]}"
+    assert '"final_eval"' in logs
+    _ray("stop")  # the cluster and its sessions' working directories are gone: the run is not
+    run_dir = tmp_path / "run"
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["weight_version"] for r in rows] == [1, 2]
     assert (run_dir / "checkpoints" / "latest").read_text() == "iter_000002"
-    assert '"final_eval"' in logs

@@ -7,16 +7,14 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
+import ray
 
-ray = pytest.importorskip("ray")
-pytest.importorskip("deepspeed")
-
-from cogrpo.cluster.compat import ray_cluster_flag  # noqa: E402
-from cogrpo.cluster.loop import trainer  # noqa: E402
-from cogrpo.cluster.ray.connect import SINGLE_MACHINE_ENV, connect, return_to  # noqa: E402
-from cogrpo.cluster.ray.learner import rank_shard  # noqa: E402
-from cogrpo.cluster.ray.weights import named_state, to_numpy  # noqa: E402
-from cogrpo.proto.errors import FaultError, InputError  # noqa: E402
+from cogrpo.cluster.compat import ray_cluster_flag
+from cogrpo.cluster.loop import trainer
+from cogrpo.cluster.ray.connect import SINGLE_MACHINE_ENV, connect, return_to
+from cogrpo.cluster.ray.learner import rank_shard
+from cogrpo.cluster.ray.weights import named_state, to_numpy
+from cogrpo.proto.errors import FaultError, InputError
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 

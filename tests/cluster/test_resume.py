@@ -103,8 +103,6 @@ def _run(command: list[str], log: Path) -> None:
 
 
 def test_ray_job_killed_after_its_checkpoint_resumes_to_the_same_end(tmp_path, tiny_overrides):
-    pytest.importorskip("ray")
-    pytest.importorskip("deepspeed")
     # two learner ranks under ZeRO-3: each rank's optimizer partition must come back to the rank that owns it
     overrides = [*tiny_overrides, *SIX, "runtime=ray", "sampler.batch_size=4", "cluster.rollout_cpus=0.5",
                  "cluster.learner_cpus=0.5", "cluster.learner_ranks=2", "cluster.zero_stage=3"]

@@ -1,4 +1,5 @@
-"""The collective weight-sync transport without Ray: two threads, a real gloo group on loopback."""
+"""The weight channel without Ray: the collective transport (two threads, a real gloo group on loopback), the
+object-store transport's strict load and a rollout worker's weight-version check."""
 
 import os
 import socket
@@ -7,8 +8,11 @@ import threading
 import pytest
 import torch
 
+from cogrpo.cluster.ray.actors import RolloutWorker
+from cogrpo.cluster.ray.pool import WeightsMissing
 from cogrpo.cluster.ray.weights import (BroadcastGroup, WeightSyncError, buckets, connect_store, host_store,
-                                        pin_gloo_to)
+                                        layout_signature, load_named_state, named_state, pin_gloo_to, to_numpy)
+from cogrpo.rollout.steps import full_plan
 
 
 def _state(seed: int) -> dict[str, torch.Tensor]:
@@ -55,14 +59,26 @@ def test_broadcast_delivers_every_value_and_the_version_in_place():
     assert inbox["model.b"] is live  # filled in place: a rollout worker's state_dict views update its model
 
 
-@pytest.mark.parametrize("change", ["size", "shape"])
+def test_the_layout_signature_tells_names_shapes_and_dtypes_apart_but_not_values():
+    state = _state(1)
+    assert layout_signature(state) == layout_signature(_state(2))  # other values, same layout
+    renamed = {("model.c" if k == "model.a" else k): v for k, v in state.items()}
+    reshaped = {**state, "model.b": state["model.b"].reshape(10, 20)}
+    retyped = {**state, "model.a": state["model.a"].double()}
+    for changed in (renamed, reshaped, retyped):
+        assert layout_signature(changed) != layout_signature(state)
+
+
+@pytest.mark.parametrize("change", ["size", "shape", "dtype"])
 def test_an_architecture_mismatch_is_named(change):
     sender, receiver = _pair()
     inbox = _state(2)
     if change == "size":
         inbox["model.a"] = torch.zeros(299)
-    else:
+    elif change == "shape":
         inbox["model.b"] = torch.zeros(10, 20)  # same number of values, another layout
+    else:
+        inbox["model.a"] = torch.zeros(300, dtype=torch.float64)  # same values count and shapes, another dtype
     errors = []
 
     def receive():
@@ -109,3 +125,36 @@ def test_a_gloo_interface_the_user_named_is_kept(monkeypatch):
     monkeypatch.setenv("GLOO_SOCKET_IFNAME", "eth7")
     pin_gloo_to("127.0.0.1")
     assert os.environ["GLOO_SOCKET_IFNAME"] == "eth7"
+
+
+@pytest.fixture
+def worker(tiny):
+    """A rollout worker of the tiny run, built in this process (no Ray)."""
+    return RolloutWorker(tiny())
+
+
+def test_the_object_store_transport_loads_strictly_and_bf16_travels_exactly(worker):
+    """Object store: a message of another architecture is refused naming the tensor (load_state_dict, strict);
+    bf16 tensors travel as float32 and load back bit for bit."""
+    message = to_numpy(named_state(worker.model, worker.policy))
+    name = next(k for k, v in message.items() if k.startswith("model.") and v.ndim == 2)
+    wrong = {**message, name: message[name][:, :-1]}
+    with pytest.raises(RuntimeError, match=f"size mismatch for {name[len('model.'):]}"):
+        load_named_state(worker.model, worker.policy, wrong)
+    missing = {k: v for k, v in message.items() if k != name}
+    with pytest.raises(RuntimeError, match="Missing key"):
+        load_named_state(worker.model, worker.policy, missing)
+    bf16 = torch.randn(4, 3).bfloat16()
+    assert torch.equal(torch.as_tensor(to_numpy({"x": bf16})["x"]).bfloat16(), bf16)
+
+
+def test_a_rollout_worker_refuses_to_sample_with_another_weight_version(worker):
+    """A worker Ray restarted holds no version (or an old one): sampling would use the wrong weights, so it raises
+    WeightsMissing, which the driver answers by sending the current weights."""
+    with pytest.raises(WeightsMissing, match="holds weight version None, the driver expects 1"):
+        worker.generate(["a red circle"], full_plan(4), 0, 0, version=1)
+    worker.version = 2
+    with pytest.raises(WeightsMissing, match="holds weight version 2, the driver expects 3"):
+        worker.generate(["a red circle"], full_plan(4), 0, 0, version=3)
+    _, _, version = worker.generate(["a red circle"], full_plan(4), 0, 0, version=2)
+    assert version == 2

@@ -7,9 +7,9 @@ import pytest
 
 from cogrpo.data.geneval import BUILTIN_DIR
 from cogrpo.data.jsonl import MAX_LINE
-from cogrpo.data.reasoning import (ALPHABET, BUILTIN_TASKS, MAX_PROMPT, TASK_KINDS, builtin_tasks,
-                                   evaluate_expression, final_answer, is_correct, is_heldout, read_tasks,
-                                   sample_tasks, validate_task, well_formed)
+from cogrpo.data.reasoning import (ALPHABET, BUILTIN_TASKS, MAX_COMPLETION, MAX_PROMPT, TASK_KINDS, arith_value,
+                                   builtin_tasks, evaluate_expression, final_answer, is_correct, is_heldout,
+                                   read_tasks, reference_completion, sample_tasks, validate_task, well_formed)
 from cogrpo.proto.errors import InputError
 
 # two valid 4x4 grids agreeing on 12 cells: the puzzle keeping those cells has (at least) both as solutions
@@ -64,7 +64,7 @@ def test_generated_tasks_respect_their_stated_ranges():
             else:
                 assert 999 >= int(a) >= int(b) >= 0
         elif t["task"] == "sudoku":
-            assert 6 <= t["prompt"].count("0") <= 10 and shidoku(t["answer"])
+            assert 8 <= t["prompt"].count("0") <= 12 and shidoku(t["answer"])
         else:
             numbers, target = t["prompt"].split("->")
             assert len(numbers.split(",")) in (3, 4) and 10 <= int(target) <= 999
@@ -175,12 +175,42 @@ def test_evaluate_expression_refuses_what_does_not_parse(text):
 
 @pytest.mark.parametrize("task, completion, ok", [
     (ARITH, "#405", True), (ARITH, "#404", True), (NEGATIVE, "#-289", True), (ARITH, "405", False),
-    (ARITH, "347+58=#405", False), (ARITH, "#4#05", False), (ARITH, "#", False), (ARITH, "#40 5", False),
+    (ARITH, "347+58=#405", True), (ARITH, "7851450130400000#405", True),
+    (ARITH, "78#514#405", False), (ARITH, "#4#05", False), (ARITH, "#", False), (ARITH, "#40 5", False),
     (ARITH, "#405 ", True), ({"task": "sudoku", "prompt": AMBIGUOUS, "answer": SOLUTION_A}, "#" + SOLUTION_B, True),
     ({"task": "sudoku", "prompt": AMBIGUOUS, "answer": SOLUTION_A}, "#" + SOLUTION_A[:15] + "0", False),
     (COUNTDOWN, "#(25+3)*7", True), (COUNTDOWN, "#25+3*7=46", False), (COUNTDOWN, "#25 + 21", False)])
-def test_well_formed_means_one_leading_marker_then_the_tasks_characters(task, completion, ok):
+def test_well_formed_means_one_marker_then_the_tasks_characters(task, completion, ok):
     assert well_formed(task, completion) is ok
+
+
+# ---- reference completions --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("prompt, completion", [
+    ("347+58=", "7851" "4501" "3040" "0000" "#405"),  # columns: operand digits, result digit, carry
+    ("999+999=", "9981" "9991" "9991" "0010" "#1998"),
+    ("612-75=", "2571" "1731" "6050" "#537"),  # a borrow is the carry of a subtraction
+    ("105-99=", "5961" "0901" "1000" "#6"),
+    ("47*8=", "765" "473" "030" "#376"),  # a product: the first operand's digit, result digit, carry
+    ("0+0=", "0000" "0000" "#0"),
+])
+def test_arith_reference_completions_write_the_columns_by_hand(prompt, completion):
+    assert reference_completion({"task": "arith", "prompt": prompt, "answer": arith_value(prompt)}) == completion
+
+
+def test_reference_completions_fit_end_with_the_answer_and_verify():
+    for task in builtin_tasks("reasoning_train"):
+        completion = reference_completion(task)
+        assert len(completion) <= MAX_COMPLETION and set(completion) <= set(ALPHABET)
+        assert final_answer(completion) == task["answer"] and is_correct(task, final_answer(completion))
+        assert well_formed(task, completion)
+        if task["task"] == "countdown":  # the scratchpad: the values of every operation but the last, in order
+            partials = completion.split("#")[0]
+            assert len(partials.split(",")) == len(task["prompt"].split("->")[0].split(",")) - 2
+    assert reference_completion({"task": "countdown", "prompt": "3,7,25->46", "answer": "3*7+25"}) == "21#3*7+25"
+    four = {"task": "countdown", "prompt": "2,3,4,5->45", "answer": "(2+3+4)*5"}
+    assert reference_completion(four) == "5,9#(2+3+4)*5"
+    assert reference_completion({"task": "sudoku", "prompt": AMBIGUOUS, "answer": SOLUTION_A}) == "#" + SOLUTION_A
 
 
 # ---- task files --------------------------------------------------------------------------------------------------

@@ -35,8 +35,8 @@ def setup():
     with torch.no_grad():  # a non-trivial policy, so its gradient test means something
         policy.net[-1].weight.normal_(0, 0.1)
     steps = 4
-    traj = MaskedImageFamily(Config()).sample(model, PROMPTS, PolicySchedule(policy, hand_knobs(SamplerConfig(), steps)),
-                                              full_plan(steps), seed=3)
+    schedule = PolicySchedule(policy, hand_knobs(SamplerConfig(), steps))
+    traj = MaskedImageFamily(Config()).sample(model, PROMPTS, schedule, full_plan(steps), seed=3)
     return model, policy, traj
 
 
@@ -111,9 +111,13 @@ def test_clipping_bites_where_it_should(ratio, adv, value, slope):
 
 
 def test_k3_and_truncated_importance_weight():
-    logp = torch.tensor([-1.0, -2.0])
-    assert torch.allclose(k3_kl(logp, logp), torch.zeros(2))
-    assert (k3_kl(logp, torch.tensor([-1.5, -0.5])) > 0).all()
+    """k3(logp, ref) = exp(ref - logp) - (ref - logp) - 1, an estimate of KL(pi || ref); swapped arguments give
+    other values here, so a flipped direction fails."""
+    logp, ref = torch.tensor([-1.0, -2.0, -0.5]), torch.tensor([-1.5, -0.5, -0.5])
+    closed_form = [math.exp(-0.5) + 0.5 - 1, math.exp(1.5) - 1.5 - 1, 0.0]  # ref - logp = -0.5, 1.5, 0
+    swapped = [math.exp(0.5) - 0.5 - 1, math.exp(-1.5) + 1.5 - 1, 0.0]
+    assert torch.allclose(k3_kl(logp, ref), torch.tensor(closed_form))
+    assert not torch.allclose(torch.tensor(closed_form), torch.tensor(swapped), atol=1e-2)
     w = truncated_is_weight(torch.tensor([0.0, -3.0]), torch.tensor([-2.0, -1.0]), cap=2.0)
     assert torch.allclose(w, torch.tensor([2.0, math.exp(-2.0)]))
 
@@ -201,6 +205,24 @@ def test_a_stale_steps_importance_weight_under_step_product_is_the_capped_produc
     assert loss.item() == pytest.approx(-(2.0 * 1.0 + 2.0 * 2.0) / 2)
     fresh, _ = theta_objective(logp, mask, old, old, adv, algo)  # behaviour == old: weight 1 everywhere
     assert fresh.item() == pytest.approx(-2.0)
+
+
+def test_step_product_clips_one_ratio_per_step_the_product_of_its_tokens_ratios():
+    """step_product: a step's ratio is exp of its summed token log-ratios, clipped as a whole; token_mean averages
+    the clipped token ratios. Step 0's tokens move by 0.15 each (product 1.35, clipped to 1.2; each 1.16, not
+    clipped), step 1's by 0.1, -0.08 and 0; step 0's masked third token (5.0) counts in neither."""
+    mask = torch.tensor([[[True, True, False], [True, True, True]]])
+    old = torch.zeros(1, 2, 3)
+    logp = torch.tensor([[[0.15, 0.15, 5.0], [0.1, -0.08, 0.0]]])
+    adv = torch.tensor([1.0])
+    product, metrics = theta_objective(logp, mask, old, None, adv, AlgoConfig(ratio="step_product"))
+    assert product.item() == pytest.approx(-(1.2 + math.exp(0.1 - 0.08)) / 2)
+    assert metrics["clip_frac_theta"] == 0.5  # step 0 clipped, step 1 not
+    mean, metrics = theta_objective(logp, mask, old, None, adv, AlgoConfig())
+    token_mean = (math.exp(0.15) + (math.exp(0.1) + math.exp(-0.08) + 1.0) / 3) / 2
+    assert mean.item() == pytest.approx(-token_mean)
+    assert metrics["clip_frac_theta"] == 0.0
+    assert abs(product.item() - mean.item()) > 0.01
 
 
 def test_knobs_that_cannot_change_the_outcome_carry_no_log_prob(setup):

@@ -31,11 +31,12 @@ def test_completions_round_trip_through_encode_and_decode(model, text):
     assert model.decode_texts(tokens) == [text]
 
 
-def test_prompts_are_right_padded_and_decode_back(model):
+def test_prompts_are_left_padded_and_decode_back(model):
     cond = model.encode_prompts(PROMPTS)
     assert cond.shape == (len(PROMPTS), MAX_PROMPT) and cond.dtype == torch.long
     for row, prompt in zip(cond, PROMPTS):
-        assert (row[len(prompt):] == PAD).all() and decode_text(row.tolist()) == prompt
+        start = MAX_PROMPT - len(prompt)  # the prompt ends where the completion starts
+        assert (row[:start] == PAD).all() and decode_text(row[start:].tolist()) == prompt
 
 
 @pytest.mark.parametrize("ids, text", [

@@ -3,7 +3,7 @@ import torch
 from safetensors.torch import save_file
 
 from cogrpo.models.checkpoint import build_model, load_model, resolve_checkpoint_path, save_model
-from cogrpo.models.tiny_mdm import TinyMDM
+from cogrpo.models.tiny_mdm import TinyMDM, rotary_angles, rotate
 from cogrpo.proto.config import ModelConfig, TinyArch
 from cogrpo.proto.errors import InputError
 
@@ -56,3 +56,18 @@ def test_bad_checkpoints_are_clear_input_errors(tmp_path):
         load_model(path)
     with pytest.raises(InputError, match="run directory"):
         build_model(ModelConfig(checkpoint=str(tmp_path)))
+
+
+def test_rotary_attention_scores_depend_on_relative_positions_only():
+    """q_i . k_j after rotation is a function of j - i: shifting both positions leaves it, changing the offset does
+    not; and a rotation keeps each vector's norm."""
+    torch.manual_seed(0)
+    cos, sin = rotary_angles(16, 8)
+    q, k = torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8)
+
+    def score(i: int, j: int) -> float:
+        return (rotate(q, cos[i], sin[i]) * rotate(k, cos[j], sin[j])).sum().item()
+
+    assert score(2, 5) == pytest.approx(score(9, 12), abs=1e-5)
+    assert score(2, 5) != pytest.approx(score(2, 6), abs=1e-3)
+    assert torch.allclose(rotate(q, cos[7], sin[7]).norm(), q.norm())

@@ -5,6 +5,7 @@ import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from cogrpo.proto.config import Config, dump_config, load_config, resolve_config
 from cogrpo.proto.errors import InputError
@@ -16,7 +17,11 @@ CONFIGS = sorted(Path(__file__).resolve().parents[2].joinpath("configs").glob("*
 def test_every_shipped_config_resolves(path):
     config = load_config(path)
     assert isinstance(config, Config)
-    assert load_config(None, []) is not None
+
+
+def test_no_file_and_no_overrides_is_the_default_config():
+    """Every face that runs without --config gets exactly the defaults the config classes declare."""
+    assert load_config(None, []) == Config()
 
 
 def test_overrides_set_nested_fields_and_parse_values():
@@ -25,9 +30,11 @@ def test_overrides_set_nested_fields_and_parse_values():
 
 
 def test_config_is_frozen():
+    """A resolved config is shared by every worker: setting a field raises instead of silently forking it."""
     config = load_config(None)
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="Instance is frozen"):
         config.sampler.steps = 3
+    assert config.sampler.steps == Config().sampler.steps
 
 
 def test_resolved_config_round_trips(tmp_path):

@@ -14,7 +14,7 @@ COUNTDOWN = {"task": "countdown", "prompt": "3,7,25->46", "answer": "25+3*7"}
 # (task, completion, correct, well formed)
 CASES = [
     (ARITH, "#405", 1.0, 1.0),
-    (ARITH, "347+58=405#405", 1.0, 0.0),  # a scratchpad before the marker: right, but not the format
+    (ARITH, "347+58=405#405", 1.0, 1.0),  # a scratchpad before the marker is the model's business
     (ARITH, "#404", 0.0, 1.0),
     (ARITH, "405", 0.0, 0.0),
     (ARITH, "", 0.0, 0.0),

@@ -52,8 +52,8 @@ def test_fading_mask_masks_about_rate_of_the_positions_later_ones_more_often(rat
     assert (masked[:, -1] == 1).all()
 
 
-@pytest.mark.parametrize("shape, rate", [((64, 24), 0.0), ((64, 24), 0.01), ((64, 24), 0.6), ((5, 1), 0.0), ((3, 2), 0.3),
-                                         ((64, 24), 0.999)])
+@pytest.mark.parametrize("shape, rate", [((64, 24), 0.0), ((64, 24), 0.01), ((64, 24), 0.6), ((5, 1), 0.0),
+                                         ((3, 2), 0.3), ((64, 24), 0.999)])
 def test_fading_mask_is_reproducible_by_seed_and_masks_at_least_one_position(shape, rate):
     mask = fading_mask(shape, rate, 3)
     assert mask.shape == shape and mask.dtype == torch.bool and mask.any(1).all()
@@ -218,12 +218,47 @@ def test_image_maskgrpo_scores_with_the_rollouts_guidance_at_temperature_1(image
     tokens, cond, masked = traj.tensors["tokens"], traj.tensors["cond"], view["masked"]
     canvas = tokens.masked_fill(masked, model.mask_id)
     with torch.no_grad():
-        l_c, l_u = model(canvas, cond), model(canvas, model.null_conditioning(len(tokens)))
-    guided = F.log_softmax(l_c + guidance * (l_c - l_u), -1).gather(-1, tokens[..., None]).squeeze(-1)
-    conditional = F.log_softmax(l_c, -1).gather(-1, tokens[..., None]).squeeze(-1)
+        guided = guided_log_probs_by_hand(model, tokens, masked, cond, guidance)
+        conditional = conditional_log_probs(model, tokens, canvas, cond)
     got = scored.logp[:, 0][masked]
     assert torch.allclose(got, guided[masked], atol=1e-5)
     assert not torch.allclose(got, conditional[masked], atol=1e-3)
+
+
+def guided_log_probs_by_hand(model, tokens, masked, cond, guidance):
+    """log softmax(l_c + g (l_c - l_u)) of the finished tokens on their re-masked canvas."""
+    canvas = tokens.masked_fill(masked, model.mask_id)
+    l_c, l_u = model(canvas, cond), model(canvas, model.null_conditioning(len(tokens)))
+    return F.log_softmax(l_c + guidance * (l_c - l_u), -1).gather(-1, tokens[..., None]).squeeze(-1)
+
+
+@pytest.mark.parametrize("token_average", ["step", "token"])
+def test_image_maskgrpo_gradient_at_theta_old_is_the_advantage_weighted_log_likelihoods(image, token_average):
+    """At theta == theta_old the clipped surrogate's gradient is REINFORCE's on the re-masked tokens' guided
+    log-probs, computed here from the model by hand: per sample the mean over its masked tokens ("step", S = 1),
+    or every masked token of the batch alike ("token"); then the mean over samples."""
+    model, rollout = image
+    traj, adv = rollout(1.5), torch.tensor([1.0, -0.5, 2.0])
+    algo = AlgoConfig(inner_epochs=2, theta_likelihood="maskgrpo", token_average=token_average)
+    estimator = MaskedImageFamily(Config()).estimator("maskgrpo", algo)
+    view = estimator.inputs(traj, 2)[0]
+    model.zero_grad()
+    scored = estimator.log_probs(model, traj, [0, 1, 2, 3], view)
+    loss, _ = theta_objective(scored.logp, scored.mask, scored.logp.detach(), None, adv, algo)
+    loss.backward()
+    surrogate = grads(model)
+    model.zero_grad()
+    masked = view["masked"].float()
+    logp = guided_log_probs_by_hand(model, traj.tensors["tokens"], view["masked"], traj.tensors["cond"], 1.5)
+    weighted = adv[:, None] * logp * masked
+    if token_average == "step":
+        (-(weighted.sum(-1) / masked.sum(-1)).mean()).backward()
+    else:
+        (-weighted.sum() / masked.sum()).backward()
+    reference = grads(model)
+    assert sum(g.abs().sum() for g in reference) > 0
+    for a, b in zip(surrogate, reference):
+        assert torch.allclose(a, b, rtol=0, atol=1e-6)
 
 
 def test_image_maskgrpo_without_guidance_is_the_conditional_model(image):

@@ -3,7 +3,10 @@ on 127.0.0.1 only; and check that it can hold the requested actors before any st
 
 from __future__ import annotations
 
+import math
 import os
+import socket
+import tempfile
 import time
 from contextlib import contextmanager
 
@@ -11,10 +14,15 @@ import ray
 
 from cogrpo.cluster.compat import ray_single_machine_flag
 from cogrpo.proto.config import Config
-from cogrpo.proto.errors import FaultError, InputError
+from cogrpo.proto.errors import FaultError, InputError, clip
 
 LOOPBACK = "127.0.0.1"
 SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's single-machine mode, on any platform
+GCS_WAIT_ENV = "RAY_gcs_server_port_wait_time_s"  # seconds ray.init(address) tries the cluster's GCS
+# A gRPC server answers a client's HTTP/2 connection preface with a SETTINGS frame (RFC 9113, 3.4).
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+HTTP2_EMPTY_SETTINGS = bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])  # length 0, type SETTINGS, no flags, stream 0
+HTTP2_SETTINGS = 4
 
 
 @contextmanager
@@ -53,8 +61,56 @@ def connect(config: Config) -> None:
             ray.init(num_cpus=c.num_cpus, include_dashboard=False, _node_ip_address=c.node_ip,
                      object_store_memory=c.object_store_mb * 2**20, log_to_driver=False, logging_level="WARNING")
     else:
-        ray.init(address=address, log_to_driver=False, logging_level="WARNING")
+        attach(address, c.timeout_s)
     return_to(cwd, c.timeout_s)
+
+
+def attach(address: str, timeout_s: float) -> None:
+    """ray.init(address) bounded by cluster.timeout_s: Ray's wait for the cluster's GCS is capped there (its
+    environment knob, read by ray.init), and a failure is one line, not Ray's retry warnings (written to the file
+    descriptor: held in a file while connecting, replayed on success)."""
+    check_reachable(address, timeout_s)
+    saved = os.environ.get(GCS_WAIT_ENV)
+    os.environ[GCS_WAIT_ENV] = str(max(1, math.ceil(timeout_s)))
+    stderr = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            ray.init(address=address, log_to_driver=False, logging_level="WARNING")
+        except ConnectionError:
+            raise InputError(f"cluster.address {clip(address)!r}: something answers there but no Ray cluster "
+                             f"connected within cluster.timeout_s {timeout_s:g} s") from None
+        finally:
+            os.dup2(stderr, 2)
+            os.close(stderr)
+            if saved is None:
+                os.environ.pop(GCS_WAIT_ENV, None)
+            else:
+                os.environ[GCS_WAIT_ENV] = saved
+        held.seek(0)
+        os.write(2, held.read())
+
+
+def check_reachable(address: str, timeout_s: float) -> None:
+    """One line within cluster.timeout_s when no gRPC server (a Ray GCS or Ray client server) answers at HOST:PORT
+    or ray://HOST:PORT: nothing listening, a host that drops the connection, or a server that never speaks HTTP/2.
+    ray.init() would retry for minutes there, with a screen of warnings. "auto" (the local cluster Ray finds) is
+    left to Ray."""
+    if address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InputError(f"cluster.address {clip(address)!r} is not HOST:PORT, ray://HOST:PORT or auto")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s) as conn:
+            conn.sendall(HTTP2_PREFACE + HTTP2_EMPTY_SETTINGS)
+            frame = conn.recv(9)
+    except OSError as exc:
+        raise InputError(f"cluster.address {clip(address)!r}: no Ray cluster answers there within cluster.timeout_s "
+                         f"{timeout_s:g} s ({clip(str(exc))})") from None
+    if len(frame) < 4 or frame[3] != HTTP2_SETTINGS:
+        raise InputError(f"cluster.address {clip(address)!r}: something answers there, but not a Ray cluster (no "
+                         "gRPC server)")
 
 
 def return_to(directory: str, timeout_s: float) -> None:

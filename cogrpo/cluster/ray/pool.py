@@ -26,8 +26,16 @@ RESTARTED = (ray.exceptions.RayActorError, WeightsMissing)  # a call that failed
 
 
 def get(refs, timeout_s: float):
-    """ray.get within a timeout; bad input an actor found is raised as itself (one line, as in one process)."""
+    """ray.get within a timeout; bad input an actor found is raised as itself (one line, as in one process). Of a
+    list, the first call to fail is raised when it fails, not once the others end (a learner still starting)."""
     try:
+        if isinstance(refs, list):
+            deadline, pending = time.monotonic() + timeout_s, list(refs)
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+                if not done:
+                    raise ray.exceptions.GetTimeoutError(f"{len(pending)} calls did not end within {timeout_s:g} s")
+                ray.get(done)
         return ray.get(refs, timeout=timeout_s)
     except ray.exceptions.RayTaskError as exc:
         if isinstance(exc.cause, InputError):

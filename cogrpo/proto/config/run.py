@@ -19,6 +19,12 @@ class TrainConfig(Section):
     eval_steps: tuple[Steps, ...] = Field((8,), min_length=1)
     checkpoint_every: int = Field(20, ge=1)
     run_dir: str | None = None  # default: runs/<timestamp>
+    # where a relative run directory goes (a shared filesystem path for a cluster job; default: the working
+    # directory). Object storage is reached through a mount (mountpoint-s3, gcsfuse): checkpoints are files.
+    run_root: str | None = None
+    # allow a relative run directory inside a `ray job submit --working-dir` package, which Ray deletes with the
+    # session (checkpoints and metrics gone): refused unless this says it is meant
+    ephemeral_run_dir: bool = False
 
 
 class EvalConfig(Section):
