@@ -17,17 +17,21 @@ def workdir(tmp_path, monkeypatch):
     return tmp_path
 
 
-def fails(argv: list[str], message: str, workdir, capfd, files: dict[str, bytes | None] | None = None) -> str:
-    """files: relative path -> content, or None for an empty folder. stderr is read at the file descriptor, so
-    what Ray or a native library writes there counts too."""
-    files = files or {}
+def write_files(folder, files: dict[str, bytes | None]) -> None:
+    """files: relative path -> content, or None for an empty folder."""
     for name, content in files.items():
-        path = workdir / name
+        path = folder / name
         path.parent.mkdir(parents=True, exist_ok=True)
         if content is None:
             path.mkdir()
         else:
             path.write_bytes(content)
+
+
+def fails(argv: list[str], message: str, workdir, capfd, files: dict[str, bytes | None] | None = None) -> str:
+    """files: written first (write_files). stderr is read at the file descriptor, so what Ray or a native library
+    writes there counts too."""
+    write_files(workdir, files or {})
     before = sorted(str(p.relative_to(workdir)) for p in workdir.rglob("*"))
     capfd.readouterr()
     assert main(argv) == 2

@@ -16,6 +16,8 @@ from cogrpo.cli import main
 from cogrpo.data.prompts import colors, counting, single_object
 from cogrpo.data.reasoning import builtin_tasks
 from cogrpo.models.checkpoint import resolve_checkpoint_path
+from cogrpo.proto.layout import RunLayout
+from tests.cli_input import write_files
 
 TEXT = str(Path(__file__).resolve().parents[1] / "configs" / "text-smoke-cpu.yaml")
 FUZZ = settings(max_examples=12, deadline=None, derandomize=True, database=None,
@@ -51,11 +53,10 @@ def folder(tmp_path, monkeypatch):
 
 
 def fresh(folder: Path, files: dict[str, bytes]) -> None:
+    """The folder emptied, then holding `files` alone."""
     for path in folder.iterdir():
         shutil.rmtree(path) if path.is_dir() else path.unlink()
-    for name, content in files.items():
-        (folder / name).parent.mkdir(parents=True, exist_ok=True)
-        (folder / name).write_bytes(content)
+    write_files(folder, files)
 
 
 @FUZZ
@@ -96,18 +97,22 @@ def test_generated_task_lines(base, key, value, drop, tail, folder, capfd):
             folder, capfd)
 
 
+RUN = RunLayout("run")
+CHECKPOINT = RUN.checkpoint(1)
+TAMPERED = [str(p) for p in (RUN.latest_marker, CHECKPOINT.state, CHECKPOINT.model)]
+
+
 def run_directory() -> dict[str, bytes]:
     """A run directory with one complete checkpoint of the shipped TinyMDM, as `cogrpo train` lays it out."""
     weights = resolve_checkpoint_path("builtin:tiny_mdm").read_bytes()
     state = json.dumps({"iteration": 1, "seed": 0, "runtime": "local", "weight_version": 1}).encode()
-    return {"run/.cogrpo-run": b"", "run/checkpoints/latest": b"iter_000001\n",
-            "run/checkpoints/iter_000001/model.safetensors": weights,
-            "run/checkpoints/iter_000001/state.json": state, "m.jsonl": json.dumps(single_object("square")).encode()}
+    return {str(RUN.marker): b"", str(RUN.latest_marker): CHECKPOINT.folder.name.encode() + b"\n",
+            str(CHECKPOINT.model): weights, str(CHECKPOINT.state): state,
+            "m.jsonl": json.dumps(single_object("square")).encode()}
 
 
 @FUZZ
-@given(part=st.sampled_from(["run/checkpoints/latest", "run/checkpoints/iter_000001/state.json",
-                             "run/checkpoints/iter_000001/model.safetensors"]),
+@given(part=st.sampled_from(TAMPERED),
        cut=st.integers(0, 200), junk=st.binary(max_size=64), at=st.integers(0, 400))
 def test_tampered_run_directories(part, cut, junk, at, folder, capfd):
     files = run_directory()

@@ -22,6 +22,7 @@ from cogrpo.data.jsonl import read_jsonl
 from cogrpo.data.prompts import MAX_COUNT, TASKS, parse_prompt, tokenize
 from cogrpo.data.world import CLASSES, COLORS, RELATIONS
 from cogrpo.proto.errors import InputError, clip
+from cogrpo.proto.paths import output_folder
 
 
 BUILTIN_DIR = Path(__file__).parent / "metadata"
@@ -113,9 +114,7 @@ def write_jsonl(path: str | Path, rows: list[dict]) -> None:
 
 def write_generation(outdir: str | Path, records: list[dict], images: list[np.ndarray]) -> None:
     """images[i]: uint8 RGB array (n, H, W, 3) for records[i]."""
-    outdir = Path(outdir)
-    if outdir.exists() and any(outdir.iterdir()):
-        raise InputError(f"output folder exists and is not empty: {outdir}")
+    outdir = output_folder(outdir, "output folder")
     outdir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.", dir=outdir.parent))
     try:

@@ -35,16 +35,22 @@ def single_machine_mode(enabled: bool):
     if not enabled:
         yield
         return
-    saved_env = os.environ.get(SINGLE_MACHINE_ENV)
-    os.environ[SINGLE_MACHINE_ENV] = "0"
+    with environment(SINGLE_MACHINE_ENV, "0"), ray_single_machine_flag(True):
+        yield
+
+
+@contextmanager
+def environment(name: str, value: str):
+    """The environment variable `name` set to `value` inside, restored (or removed again) afterwards."""
+    saved = os.environ.get(name)
+    os.environ[name] = value
     try:
-        with ray_single_machine_flag(True):
-            yield
+        yield
     finally:
-        if saved_env is None:
-            os.environ.pop(SINGLE_MACHINE_ENV, None)
+        if saved is None:
+            os.environ.pop(name, None)
         else:
-            os.environ[SINGLE_MACHINE_ENV] = saved_env
+            os.environ[name] = saved
 
 
 def connect(config: Config) -> None:
@@ -70,10 +76,8 @@ def attach(address: str, timeout_s: float) -> None:
     environment knob, read by ray.init), and a failure is one line, not Ray's retry warnings (written to the file
     descriptor: held in a file while connecting, replayed on success)."""
     check_reachable(address, timeout_s)
-    saved = os.environ.get(GCS_WAIT_ENV)
-    os.environ[GCS_WAIT_ENV] = str(max(1, math.ceil(timeout_s)))
     stderr = os.dup(2)
-    with tempfile.TemporaryFile() as held:
+    with tempfile.TemporaryFile() as held, environment(GCS_WAIT_ENV, str(max(1, math.ceil(timeout_s)))):
         os.dup2(held.fileno(), 2)
         try:
             ray.init(address=address, log_to_driver=False, logging_level="WARNING")
@@ -83,10 +87,6 @@ def attach(address: str, timeout_s: float) -> None:
         finally:
             os.dup2(stderr, 2)
             os.close(stderr)
-            if saved is None:
-                os.environ.pop(GCS_WAIT_ENV, None)
-            else:
-                os.environ[GCS_WAIT_ENV] = saved
         held.seek(0)
         os.write(2, held.read())
 
