@@ -36,7 +36,7 @@ def main() -> None:
     print("| split | measure | overall | " + " | ".join(TASKS) + " |")
     print("| --- | --- | --- | " + " | ".join("---" for _ in TASKS) + " |")
     for split in args.splits.split(","):
-        records = read_metadata(resolve_metadata_path(f"builtin:{split}"))[: args.prompts]
+        records = read_metadata(resolve_metadata_path(f"builtin:{split}"), "shapes")[: args.prompts]
         rows = evaluate(policies.family, policies.model, schedule, records, config.sampler.steps, config.seed,
                         config.sampler.batch_size, args.n).rows
         correct = np.array([row["correct"] for row in rows]).reshape(len(records), args.n)

@@ -46,7 +46,7 @@ def base_summaries(config, eval_steps: tuple[int, ...] = EVAL_STEPS) -> dict:
     policies = build_policies(config)
     out = {}
     for split, spec in config.train.eval_metadata.items():
-        records = read_records(spec, config.samples)
+        records = read_records(spec, config.prompt_world)
         for steps in eval_steps:
             schedule = schedule_for(config, policies.family, policies.policy, steps, sample_actions=False)
             result = evaluate(policies.family, policies.model, schedule, records, steps, config.seed,

@@ -17,6 +17,13 @@ ALLOWED_SKIPS = ("CUDA", "COGRPO_VLM_URL", "Linux matter", "no interface named l
 _skipped: list[str] = []
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `cuda` need a GPU: without one they are skipped, saying so (an allowed skip)."""
+    for item in items:
+        if item.get_closest_marker("cuda") and not torch.cuda.is_available():
+            item.add_marker(pytest.mark.skip(reason="needs CUDA: torch sees no GPU here"))
+
+
 def pytest_runtest_logreport(report):
     if report.skipped and not hasattr(report, "wasxfail"):
         reason = str(report.longrepr[-1]) if isinstance(report.longrepr, tuple) else str(report.longrepr)

@@ -48,6 +48,8 @@ def gaussian_log_prob(actions: torch.Tensor, means: torch.Tensor, scale: torch.T
 class Replay:
     """theta's log-prob of each recorded action under its current means, one action element per step."""
 
+    scores_steps = True
+
     def inputs(self, traj, epochs):
         return [{}]
 

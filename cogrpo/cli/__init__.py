@@ -1,4 +1,4 @@
-"""The `cogrpo` command: sample, generate, eval, pretrain, train, config.
+"""The `cogrpo` command: sample, generate, eval, pretrain, train, export, config.
 
 Bad input of any kind ends with one line on stderr and exit code 2; nothing half-written is left behind. A fault
 training could not survive (a dead learner) ends with one line naming the last checkpoint and exit code 1; Ctrl-C
@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from cogrpo.cli.commands import cmd_config, cmd_eval, cmd_generate, cmd_pretrain, cmd_sample, cmd_train
+from cogrpo.cli.export import cmd_export
 from cogrpo.proto.errors import FaultError, InputError, Interrupted
 
 
@@ -21,6 +22,10 @@ class _Parser(argparse.ArgumentParser):
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML config (default: built-in defaults)")
+    _overrides(p)
+
+
+def _overrides(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set sampler.steps=4 (repeatable)")
 
@@ -56,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     _sampling(p, 4)
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--metadata", help="GenEval metadata JSONL (image models)")
+    source.add_argument("--metadata", help="prompt file of an image model: GenEval metadata or prompt JSONL, or "
+                                           ".txt with one prompt a line")
     source.add_argument("--tasks", help="reasoning task JSONL (text models)")
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--outdir", help="GenEval folder to create (image models)")
@@ -67,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     _sampling(p, None)
     source = p.add_mutually_exclusive_group()
-    source.add_argument("--metadata", help="GenEval metadata JSONL (default: the config's eval.metadata)")
+    source.add_argument("--metadata", help="prompt file of an image model: GenEval metadata or prompt JSONL, or "
+                                           ".txt with one prompt a line (default: the config's eval.metadata)")
     source.add_argument("--tasks", help="reasoning task JSONL, for a text model (default: the config's "
                                         "eval.metadata)")
     source.add_argument("--images", help="a GenEval-layout folder of generated images to score")
@@ -85,13 +92,20 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--out", help="checkpoint path (default: pretrain.out from the config)")
 
+    p = sub.add_parser("export", help="a trained aMUSEd or Meissonic run as its pipeline's folder (diffusers "
+                                      "save_pretrained layout)")
+    p.add_argument("--checkpoint", required=True, metavar="RUN",
+                   help="a run directory (its latest checkpoint) or one of its checkpoints/iter_NNNNNN folders")
+    p.add_argument("--out", required=True, help="the folder to write (new or empty)")
+    _overrides(p)  # of the run's config.yaml, e.g. model.path where the base folder now lives
+
     p = sub.add_parser("config", help="print the resolved config (defaults, the file, then --set) as YAML")
     _common(p)
     return parser
 
 
 COMMANDS = {"sample": cmd_sample, "generate": cmd_generate, "eval": cmd_eval, "pretrain": cmd_pretrain,
-            "train": cmd_train, "config": cmd_config}
+            "train": cmd_train, "export": cmd_export, "config": cmd_config}
 
 
 def main(argv: list[str] | None = None) -> int:

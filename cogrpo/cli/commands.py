@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -62,6 +63,13 @@ def _setup(args: argparse.Namespace, config):
     return family, model, steps, seed, schedule
 
 
+def _progress(total: int, samples: str):
+    """A progress bar on stderr over the samples decoded; none when stderr is not a terminal (logs, CI, tests)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit=samples.removesuffix("s"), disable=None, file=sys.stderr, dynamic_ncols=True)
+
+
 def _prompt_file(args: argparse.Namespace, config) -> list[dict]:
     """The records of --tasks (a text model's) or --metadata (an image model's), else the config's eval.metadata."""
     from cogrpo.data.records import read_records
@@ -71,7 +79,7 @@ def _prompt_file(args: argparse.Namespace, config) -> list[dict]:
         if getattr(args, flag, None) is not None and for_texts != texts:
             raise InputError(f"--{flag} is for {'text' if for_texts else 'image'} models; this config's model makes "
                              f"{config.samples}")
-    return read_records(args.tasks or args.metadata or config.eval.metadata, config.samples)
+    return read_records(args.tasks or args.metadata or config.eval.metadata, config.prompt_world)
 
 
 def _check_out(path: str | None, flag: str, suffix: str, needed: bool) -> Path | None:
@@ -87,24 +95,29 @@ def _check_out(path: str | None, flag: str, suffix: str, needed: bool) -> Path |
 
 def cmd_sample(args: argparse.Namespace) -> None:
     from cogrpo.data.grid import image_grid
-    from cogrpo.data.prompts import parse_prompt
+    from cogrpo.data.prompts import check_prompt, parse_prompt
     from cogrpo.rewards.shapes import ShapesReward
     from cogrpo.rollout.collect import decode_prompts, join
 
     _positive("--n", args.n)
     config = _config(args)
     out = _check_out(args.out, "--out", ".png", config.samples == "images")
+    world = config.prompt_world
+    if world != "reasoning":
+        check_prompt(args.prompt, world)
     family, model, steps, seed, schedule = _setup(args, config)
     samples = join(decode_prompts(family, model, schedule, [args.prompt] * args.n, steps, seed,
                                   config.sampler.batch_size)[0])
     if family.samples == "texts":
         print("\n".join(samples))
         return
+    correct = [None] * args.n  # a free-form prompt, or a real model's: nothing the shapes judge can read
     try:
-        record = parse_prompt(args.prompt)
-        correct = [bool(j.strict) for j in ShapesReward().judge_batch(samples, [record] * args.n)]
-    except InputError:  # a free-form prompt (in the shapes vocabulary, or any for a real model): nothing to judge
-        correct = [None] * args.n
+        if world == "shapes":
+            record = parse_prompt(args.prompt)
+            correct = [bool(j.strict) for j in ShapesReward().judge_batch(samples, [record] * args.n)]
+    except InputError:  # in the shapes vocabulary, but none of its templates
+        pass
     out.parent.mkdir(parents=True, exist_ok=True)
     image_grid(samples, [args.prompt] * args.n, correct).save(out)
     judged = [c for c in correct if c is not None]
@@ -125,7 +138,9 @@ def cmd_generate(args: argparse.Namespace) -> None:
     family, model, steps, seed, schedule = _setup(args, config)
     n = args.n_per_prompt
     prompts = repeat_each([r["prompt"] for r in records], n)
-    flat = join(decode_prompts(family, model, schedule, prompts, steps, seed, config.sampler.batch_size)[0])
+    with _progress(len(prompts), config.samples) as bar:
+        flat = join(decode_prompts(family, model, schedule, prompts, steps, seed, config.sampler.batch_size,
+                                   bar.update)[0])
     if texts:
         write_jsonl(out, family.summarize(records, flat)[1])
         print(f"wrote {len(prompts)} completions for {len(records)} tasks to {out}")
@@ -140,7 +155,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from cogrpo.cluster.build import build_rewards
     from cogrpo.data.geneval import load_generation, read_generation, write_jsonl
     from cogrpo.rewards.registry import mask_unscored, reward_stats, score_in_batches
-    from cogrpo.rewards.shapes import geneval_summary, judge_generation
+    from cogrpo.rewards.shapes import summarize_generation
     from cogrpo.rollout.batching import repeat_each
     from cogrpo.rollout.collect import evaluate, join
 
@@ -149,22 +164,27 @@ def cmd_eval(args: argparse.Namespace) -> None:
         for flag in ("checkpoint", "steps", "seed", "n_per_prompt"):
             if getattr(args, flag) is not None:
                 raise InputError(f"--{flag.replace('_', '-')} does not apply to --images (they are already made)")
-        config = _config(args)  # still validate the config and overrides
+    config = _config(args)
+    if results is not None and config.prompt_world == "open":
+        raise InputError("--results writes the shapes judge's verdicts, which a model with its own text encoder "
+                         "has none of (GenEval's own scorer reads a `generate --outdir` folder)")
+    if args.images:
         if config.samples != "images":
             raise InputError("--images scores an image folder: this config's model makes texts")
-        folders = read_generation(args.images)
+        folders = read_generation(args.images, config.prompt_world)
         records = [record for record, _ in folders]
         per_record = load_generation(folders)
-        rows, judgements = judge_generation(records, per_record)
-        result, samples = geneval_summary(rows, judgements), np.concatenate(per_record)
+        result, rows = summarize_generation(records, per_record, config.prompt_world)
+        samples = np.concatenate(per_record)
         metadata = [record for record, images in zip(records, per_record, strict=True) for _ in images]
     else:
-        config = _config(args)
         records = _prompt_file(args, config)
         family, model, steps, seed, schedule = _setup(args, config)
         n = args.n_per_prompt or config.eval.n_per_prompt
         start = time.time()
-        evaluation = evaluate(family, model, schedule, records, steps, seed, config.sampler.batch_size, n)
+        with _progress(len(records) * n, config.samples) as bar:
+            evaluation = evaluate(family, model, schedule, records, steps, seed, config.sampler.batch_size, n,
+                                  bar.update)
         result, rows, samples = evaluation.summary, evaluation.rows, join(evaluation.batches)
         result.update(steps=steps, seconds=round(time.time() - start, 1))
         metadata = repeat_each(records, n)
@@ -176,13 +196,15 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(result))
         return
-    tasks = "  ".join(f"{k} {v:.3f}" for k, v in result["by_task"].items())
+    tasks = "  ".join(f"{k} {v:.3f}" for k, v in result.get("by_task", {}).items())
     rewards = "  ".join(f"{k[7:]} {v:.3f}" for k, v in result.items() if k.startswith("reward/"))
     if "accuracy" in result:
         print(f"accuracy {result['accuracy']:.3f}  ({result['samples']} completions)\n{tasks}\nrewards: {rewards}")
-    else:
+    elif "overall" in result:
         print(f"overall {result['overall']:.3f}  strict {result['strict']:.3f}  partial {result['partial']:.3f}"
               f"  ({result['images']} images)\n{tasks}\nrewards: {rewards}")
+    else:  # a real model's prompts: its rewards are the scores
+        print(f"{result['images']} images\nrewards: {rewards}")
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
@@ -201,7 +223,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
         raise InputError(f"pretrain trains the tiny models ({', '.join(TINY_MODELS)}) from scratch, not "
                          f"model.kind {config.model.kind}")
     out = output_file(args.out or config.pretrain.out, "--out (pretrain.out)", ".safetensors")
-    records = read_records(config.eval.metadata, config.samples)
+    records = read_records(config.eval.metadata, config.prompt_world)
     configure_compute(config.threads)
     torch.manual_seed(config.seed)
     model = TINY_MODELS[config.model.kind](config.model.arch)

@@ -22,6 +22,7 @@ PRIVATE_NAMES = [
     ("deepspeed.runtime.fp16.loss_scaler", "LossScaler"),
     ("deepspeed.runtime.zero.config", "ZeroStageEnum"),
     ("deepspeed.utils.tensor_fragment", "fragment_address"),
+    ("torch", "_foreach_copy_"),
 ]
 
 
@@ -53,6 +54,14 @@ def skip_deepspeed_op_probes() -> None:
     import deepspeed
 
     deepspeed.ops.__compatible_ops__ = {}
+
+
+def copy_all(targets: list, sources: list) -> None:
+    """target.copy_(source) for every pair in one call (torch's multi-tensor copy: no Python step per tensor, and on
+    a GPU a few kernel launches for hundreds of tensors)."""
+    import torch
+
+    torch._foreach_copy_(targets, sources)
 
 
 def process_group(store, rank: int, world: int, own_ip: str, timeout_s: float, cuda: bool):

@@ -94,9 +94,9 @@ class Runtime(Protocol):
 
 def read_prompt_sets(config: Config) -> tuple[list[dict] | None, dict[str, list[dict]]]:
     """The RL prompt pool (None: the generated train split) and the evaluation sets, validated."""
-    samples = config.samples
-    pool = read_records(config.train.prompts, samples) if config.train.prompts else None
-    return pool, {name: read_records(path, samples) for name, path in config.train.eval_metadata.items()}
+    world = config.prompt_world
+    pool = read_records(config.train.prompts, world) if config.train.prompts else None
+    return pool, {name: read_records(path, world) for name, path in config.train.eval_metadata.items()}
 
 
 class TrainingLoop:
@@ -120,6 +120,10 @@ class TrainingLoop:
         except BaseException:
             self.metrics.close()
             raise
+        # a resumed run drops its rows past the checkpoint (all of them without one), and hides their events
+        point = self.resumed
+        self.metrics.open_events(self.run.layout.tensorboard,
+                                 None if point is None else self.start + 1 if point.checkpoint else 0)
         self.metrics.record_run(str(self.run.path), config.algo.mode, str(config.model.kind))
         runtime.publish()  # samplers start from the learner's weights, whatever they loaded
 

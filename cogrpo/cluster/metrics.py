@@ -10,7 +10,9 @@ Two exports, each optional, both fed by `MetricsSink.record(row)` (and `record_e
   otherwise: for runs without Ray's export (the single-process trainer), or a Prometheus that cannot reach Ray's
   agents.
 
-Both exports name counters `<name>_total` and histograms `<name>_bucket`, `_sum` and `_count`.
+Both exports name counters `<name>_total` and histograms `<name>_bucket`, `_sum` and `_count`. With
+`metrics.tensorboard` the same rows also go to TensorBoard event files in the run directory, every number under its
+row key.
 
 Fault handling reports its events through the row, as counts for that iteration (not running totals):
 `actor_restarts` {role: n}, `reward_failures` {reward: n}, `reward_timeouts` {reward: n}, `dropped_groups` n.
@@ -21,6 +23,7 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 import prometheus_client as prom
 import torch
@@ -136,6 +139,50 @@ def eval_samples(row: dict) -> list[Sample]:
                     for key, value in row.items() if key.startswith("reward/")]
 
 
+def row_scalars(row: dict, prefix: str = "") -> list[tuple[str, float]]:
+    """Every number of a row under its key (a nested count as key/name); texts and per-step lists (an evaluation's
+    schedule, which Prometheus and schedule.png show) are left out."""
+    out: list[tuple[str, float]] = []
+    for key, value in row.items():
+        if isinstance(value, dict):
+            out += row_scalars(value, f"{prefix}{key}/")
+        elif isinstance(value, (int, float)):
+            out.append((f"{prefix}{key}", float(value)))
+    return out
+
+
+class TensorBoardEvents:
+    """The rows of metrics.jsonl and eval.jsonl as TensorBoard scalars, stepped by iteration; an evaluation's under
+    eval/<split>/steps_<n>/. torch.utils.tensorboard writes them (it needs the `tensorboard` package, imported here
+    so a missing one fails before the run directory exists)."""
+
+    def __init__(self):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise InputError("metrics.tensorboard needs the tensorboard package: pip install "
+                             "'cogrpo[tensorboard]'") from None
+        self.make = SummaryWriter
+        self.writer = None
+
+    def open(self, folder: Path, purge_step: int | None) -> None:
+        """purge_step: where a resumed run continues; TensorBoard hides what an earlier attempt wrote from there on,
+        as the run directory drops those rows."""
+        self.writer = self.make(str(folder), purge_step=purge_step)
+
+    def record(self, row: dict, prefix: str = "", skip: tuple[str, ...] = ("iteration",)) -> None:
+        for tag, value in row_scalars({k: v for k, v in row.items() if k not in skip}, prefix):
+            self.writer.add_scalar(tag, value, row["iteration"])
+        self.writer.flush()  # a row at a time: an iteration can take minutes
+
+    def record_eval(self, row: dict) -> None:
+        self.record(row, f"eval/{row['split']}/steps_{row['steps']}/", ("iteration", "split", "steps"))
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
 # what each kind of metric does with a sample, in both prometheus_client and ray.util.metrics
 UPDATE = {"gauge": "set", "counter": "inc", "histogram": "observe"}
 
@@ -214,17 +261,25 @@ class MetricsSink:
     """Every configured export; with none (the default outside Ray) recording costs nothing."""
 
     def __init__(self, config: MetricsConfig, ray_export: bool):
+        self.events = TensorBoardEvents() if config.tensorboard else None  # before the endpoint: it can fail too
         self.exports: list[PrometheusEndpoint | RayExport] = []
         self.url = None  # the driver endpoint's address, if it has one
-        if config.port is not None:  # first: the one that can fail (a port in use)
+        if config.port is not None:  # before Ray's export: a port in use fails
             endpoint = PrometheusEndpoint(config.host, config.port)
             self.exports.append(endpoint)
             self.url = endpoint.url
         if ray_export:
             self.exports.append(RayExport())
 
+    def open_events(self, folder: Path, purge_step: int | None) -> None:
+        """Start the TensorBoard event files, if configured, once the run directory exists."""
+        if self.events is not None:
+            self.events.open(folder, purge_step)
+
     def record(self, row: dict) -> None:
         self._emit(row_samples(row))
+        if self.events is not None:
+            self.events.record(row)
 
     def record_run(self, run: str, mode: str, model: str) -> None:
         """The run-info gauge: which run a job's series belong to."""
@@ -235,6 +290,8 @@ class MetricsSink:
 
     def record_eval(self, row: dict) -> None:
         self._emit(eval_samples(row))
+        if self.events is not None:
+            self.events.record_eval(row)
 
     def _emit(self, samples: list[Sample]) -> None:
         for export in self.exports:
@@ -244,3 +301,5 @@ class MetricsSink:
     def close(self) -> None:
         for export in self.exports:
             export.close()
+        if self.events is not None:
+            self.events.close()

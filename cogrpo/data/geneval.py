@@ -1,5 +1,9 @@
 """GenEval's file formats, exactly: metadata JSONL, the generated-image folder layout, results JSONL, and the
-summary score (mean over tasks of per-task accuracy).
+summary score (mean over tasks of per-task accuracy). A metadata file may also hold lines with a prompt alone.
+
+Records are checked for the prompts' world: the shapes world's (its vocabulary, classes and colours: what its judge
+scores) or an open one's (a model with its own text encoder: any prompt, any class and colour, as GenEval's own
+metadata names COCO's).
 
 Layout: <outdir>/<index:05d>/metadata.jsonl (the record, one line) and <outdir>/<index:05d>/samples/<n:05d>.png.
 Writers build the whole folder beside the target and rename it into place, so a failure leaves nothing half-written.
@@ -19,9 +23,10 @@ import numpy as np
 from PIL import Image
 
 from cogrpo.data.jsonl import read_jsonl
-from cogrpo.data.prompts import MAX_COUNT, TASKS, parse_prompt, tokenize
+from cogrpo.data.prompts import MAX_COUNT, TASKS, check_prompt, parse_prompt
 from cogrpo.data.world import CLASSES, COLORS, RELATIONS
 from cogrpo.proto.errors import InputError, clip
+from cogrpo.proto.kinds import OPEN_PROMPT_KINDS
 from cogrpo.proto.paths import output_folder
 
 
@@ -36,35 +41,53 @@ def resolve_metadata_path(spec: str) -> Path:
     return Path(spec)
 
 
-def _check_entry(entry: object, n_includes: int, high: int, where: str) -> None:
+MAX_NAME = 100  # characters of an open world's class or colour name
+GENEVAL_KEYS = ("tag", "include", "exclude")
+
+
+def _check_name(entry: dict, key: str, known: tuple[str, ...] | None, where: str) -> None:
+    """A class or colour: one of the shapes world's (`known`), or any short name in an open world."""
+    value = entry.get(key)
+    if known is None:
+        if not isinstance(value, str) or not value.strip() or len(value) > MAX_NAME:
+            raise InputError(f"{where}: {key} must be a name of 1 to {MAX_NAME} characters, got "
+                             f"{clip(repr(value))}")
+    elif value not in known:
+        raise InputError(f"{where}: unknown {key} {clip(repr(value))} for the shapes world, whose judge scores only "
+                         f"{', '.join(known)} (any {key}: a model with its own text encoder, model.kind "
+                         f"{', '.join(OPEN_PROMPT_KINDS)})")
+
+
+def _check_entry(entry: object, n_includes: int, high: int, where: str, world: str) -> None:
     if not isinstance(entry, dict):
         raise InputError(f"{where}: include/exclude entries must be objects")
     unknown = set(entry) - {"class", "count", "color", "position"}
     if unknown:
-        raise InputError(f"{where}: unknown entry key {sorted(unknown)[0]!r}")
-    if entry.get("class") not in CLASSES:
-        raise InputError(f"{where}: unknown class {entry.get('class')!r} (classes: {', '.join(CLASSES)})")
+        raise InputError(f"{where}: unknown entry key {clip(repr(sorted(unknown)[0]))}")
+    shapes = world == "shapes"
+    _check_name(entry, "class", CLASSES if shapes else None, where)
     count = entry.get("count")
     if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= high:
         raise InputError(f"{where}: count must be an integer from 1 to {high} here, got {clip(repr(count))}")
-    if "color" in entry and entry["color"] not in COLORS:
-        raise InputError(f"{where}: unknown color {entry['color']!r} (colors: {', '.join(COLORS)})")
+    if "color" in entry:
+        _check_name(entry, "color", COLORS if shapes else None, where)
     if "position" in entry:
         pos = entry["position"]
         if (not isinstance(pos, list) or len(pos) != 2 or pos[0] not in RELATIONS
                 or not isinstance(pos[1], int) or not 0 <= pos[1] < n_includes):
-            raise InputError(f"{where}: position must be [relation, include index], got {pos!r}")
+            raise InputError(f"{where}: position must be [relation, include index], got {clip(repr(pos))}")
 
 
-def validate_record(record: object, where: str) -> dict:
-    """Check one metadata record; raise InputError naming `where` on the first problem."""
+def validate_record(record: object, where: str, world: str) -> dict:
+    """Check one metadata record for its world ("shapes" or "open"); raise InputError naming `where` on the first
+    problem."""
     if not isinstance(record, dict):
         raise InputError(f"{where}: a metadata record must be a JSON object")
     for key in ("tag", "include", "prompt"):
         if key not in record:
             raise InputError(f"{where}: missing key {key!r}")
     if record["tag"] not in TASKS:
-        raise InputError(f"{where}: unknown tag {record['tag']!r} (tasks: {', '.join(TASKS)})")
+        raise InputError(f"{where}: unknown tag {clip(repr(record['tag']))} (tasks: {', '.join(TASKS)})")
     includes = record["include"]
     if not isinstance(includes, list) or not includes:
         raise InputError(f"{where}: include must be a non-empty list")
@@ -72,17 +95,36 @@ def validate_record(record: object, where: str) -> dict:
     if not isinstance(excludes, list):
         raise InputError(f"{where}: exclude must be a list")
     for entry in includes:
-        _check_entry(entry, len(includes), MAX_COUNT, where)
+        _check_entry(entry, len(includes), MAX_COUNT, where, world)
     for entry in excludes:  # counting's "not one more"
-        _check_entry(entry, len(includes), MAX_COUNT + 1, where)
+        _check_entry(entry, len(includes), MAX_COUNT + 1, where, world)
     if not isinstance(record["prompt"], str):
         raise InputError(f"{where}: prompt must be a string")
     try:
-        tokenize(record["prompt"])
+        check_prompt(record["prompt"], world)
     except InputError as exc:
         raise InputError(f"{where}: {exc}") from None
     _check_agrees(record, where)
     return record
+
+
+def prompt_record(prompt: str, where: str, world: str) -> dict:
+    """A prompt alone as a record: in the shapes world, the metadata record its template asks for (a prompt its
+    judge cannot score is refused); in an open world, {"prompt": prompt}."""
+    try:
+        return parse_prompt(prompt) if world == "shapes" else {"prompt": check_prompt(prompt, world)}
+    except InputError as exc:
+        raise InputError(f"{where}: {exc}") from None
+
+
+def read_record(value: object, where: str, world: str) -> dict:
+    """One line of a JSONL prompt file: GenEval metadata (it has a tag, include or exclude), or an object whose
+    string `prompt` is taken alone (other fields are ignored)."""
+    if isinstance(value, dict) and not any(key in value for key in GENEVAL_KEYS):
+        if not isinstance(value.get("prompt"), str):
+            raise InputError(f"{where}: a line needs a string 'prompt' (and for GenEval metadata, tag and include)")
+        return prompt_record(value["prompt"], where, world)
+    return validate_record(value, where, world)
 
 
 def _check_agrees(record: dict, where: str) -> None:
@@ -99,8 +141,9 @@ def _check_agrees(record: dict, where: str) -> None:
                              f"{clip(json.dumps(asked.get(key, [])))})")
 
 
-def read_metadata(path: str | Path) -> list[dict]:
-    return [validate_record(record, where) for where, record in read_jsonl(path, "metadata")]
+def read_metadata(path: str | Path, world: str) -> list[dict]:
+    """The records of a JSONL prompt file (`read_record`), checked for `world`."""
+    return [read_record(value, where, world) for where, value in read_jsonl(path, "metadata")]
 
 
 def write_jsonl(path: str | Path, rows: list[dict]) -> None:
@@ -132,8 +175,8 @@ def write_generation(outdir: str | Path, records: list[dict], images: list[np.nd
         raise
 
 
-def read_generation(outdir: str | Path) -> list[tuple[dict, list[Path]]]:
-    """(record, sample paths) per prompt folder, in index order."""
+def read_generation(outdir: str | Path, world: str) -> list[tuple[dict, list[Path]]]:
+    """(record, sample paths) per prompt folder, in index order; records checked for `world`."""
     outdir = Path(outdir)
     if not outdir.is_dir():
         raise InputError(f"image folder not found: {outdir}")
@@ -142,7 +185,7 @@ def read_generation(outdir: str | Path) -> list[tuple[dict, list[Path]]]:
         raise InputError(f"no GenEval prompt folders (00000, 00001, ...) in {outdir}")
     out = []
     for folder in folders:
-        records = read_metadata(folder / "metadata.jsonl")
+        records = read_metadata(folder / "metadata.jsonl", world)
         samples = sorted((folder / "samples").glob("*.png"))
         if not samples:
             raise InputError(f"no samples/*.png in {folder}")

@@ -8,10 +8,11 @@ A record is GenEval's metadata form: {"tag", "include": [{"class", "count", "col
 from __future__ import annotations
 
 import random
+import unicodedata
 from typing import Iterable
 
 from cogrpo.data.world import CLASSES, COLORS, RELATIONS
-from cogrpo.proto.errors import InputError
+from cogrpo.proto.errors import InputError, clip
 
 TASKS: tuple[str, ...] = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 NUMBER_WORDS = {1: "a", 2: "two", 3: "three", 4: "four"}
@@ -25,6 +26,7 @@ VOCAB: tuple[str, ...] = (
 )
 WORD_ID = {w: i for i, w in enumerate(VOCAB)}
 MAX_WORDS = 12
+MAX_PROMPT_CHARS = 2000  # an open prompt: far past what CLIP (77 tokens) or T5 (512) read
 
 
 def tokenize(prompt: str) -> list[int]:
@@ -32,13 +34,32 @@ def tokenize(prompt: str) -> list[int]:
     words = prompt.split()
     unknown = [w for w in words if w not in WORD_ID or w in (PAD, NULL)]
     if unknown:
-        raise InputError(f"unknown word {unknown[0]!r} in prompt {prompt!r} (vocabulary: {' '.join(VOCAB[2:])})")
+        raise InputError(f"unknown word {clip(repr(unknown[0]))} in prompt {clip(repr(prompt))} "
+                         f"(vocabulary: {' '.join(VOCAB[2:])})")
     if not words:
         raise InputError("empty prompt")
     if len(words) > MAX_WORDS:
-        raise InputError(f"prompt has {len(words)} words, at most {MAX_WORDS}: {prompt!r}")
+        raise InputError(f"prompt has {len(words)} words, at most {MAX_WORDS}: {clip(repr(prompt))}")
     ids = [WORD_ID[w] for w in words]
     return ids + [WORD_ID[PAD]] * (MAX_WORDS - len(ids))
+
+
+def check_prompt(prompt: str, world: str) -> str:
+    """A prompt as its world takes it: the shapes world's in its vocabulary (`tokenize`); an open one (a model with
+    its own text encoder) any text that is not blank, not too long, and holds no control or unpaired surrogate
+    character (binary junk, not a prompt)."""
+    if world == "shapes":
+        tokenize(prompt)
+        return prompt
+    if not prompt.strip():
+        raise InputError("empty prompt")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise InputError(f"a prompt is at most {MAX_PROMPT_CHARS:,} characters, this one {len(prompt):,}: "
+                         f"{clip(repr(prompt))}")
+    bad = next((c for c in prompt if unicodedata.category(c) in ("Cc", "Cs")), None)
+    if bad is not None:
+        raise InputError(f"prompt holds {bad!r}, a control character or unpaired surrogate: {clip(repr(prompt))}")
+    return prompt
 
 
 def null_tokens() -> list[int]:
@@ -90,7 +111,7 @@ def parse_prompt(prompt: str) -> dict:
     tokenize(prompt)  # vocabulary and length errors first
     words = prompt.split()
     if words[:3] != ["a", "photo", "of"]:
-        raise InputError(f"prompt must start with 'a photo of': {prompt!r}")
+        raise InputError(f"prompt must start with 'a photo of': {clip(repr(prompt))}")
     rest = words[3:]
 
     def noun(ws: list[str]) -> tuple[str, str | None] | None:
@@ -119,7 +140,7 @@ def parse_prompt(prompt: str) -> dict:
                 a, b = noun(rest[:i]), noun(rest[i + len(rel):])
                 if a and b and (a[1] is None) == (b[1] is None):
                     return position(a[0], relation, b[0], a[1], b[1])
-    raise InputError(f"prompt does not follow a GenEval template: {prompt!r}")
+    raise InputError(f"prompt does not follow a GenEval template: {clip(repr(prompt))}")
 
 
 # ---- held-out compositions: never seen in RL training prompts, used to measure generalisation ----

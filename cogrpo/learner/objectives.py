@@ -15,6 +15,7 @@ import torch
 
 from cogrpo.models.schedule_policy import SchedulePolicy
 from cogrpo.proto.config import AlgoConfig
+from cogrpo.proto.family import Denominator, own_counts
 from cogrpo.proto.messages import Trajectory
 
 
@@ -44,33 +45,35 @@ def truncated_is_weight(old_logp: torch.Tensor, behaviour_logp: torch.Tensor, ca
 
 
 def theta_objective(logp: torch.Tensor, mask: torch.Tensor, old: torch.Tensor, behaviour: torch.Tensor | None,
-                    adv: torch.Tensor, algo: AlgoConfig,
-                    ref_logp: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+                    adv: torch.Tensor, algo: AlgoConfig, ref_logp: torch.Tensor | None = None,
+                    denominator: Denominator = own_counts) -> tuple[torch.Tensor, dict]:
     """Loss (to minimise) and metrics. logp, mask, old, behaviour, ref_logp: (B, S, A); adv: (B,). behaviour: the
     sampler's log-probs when the estimator has them (their ratio to `old` is the importance weight of stale
-    samples; 1 for fresh ones), else None."""
+    samples; 1 for fresh ones), else None. Means are sums over the batch divided by `denominator` of its counts
+    (of action elements, of scored steps): a data-parallel rank's share divides by the whole minibatch's."""
     logratio = (logp - old) * mask
     has_actions = mask.any(-1)  # (B, S)
+    elements, scored_steps = denominator(torch.stack([mask.sum(), has_actions.sum()]))
     if algo.ratio == "token_mean":
         surrogate, clipped = clipped_surrogate(logratio, adv[:, None, None], algo.clip_eps)
         weight = mask if behaviour is None else truncated_is_weight(old, behaviour, algo.is_cap) * mask
         per_element = surrogate * weight
         if algo.token_average == "token":
-            objective = per_element.sum() / mask.sum()
+            objective = per_element.sum() / elements
         else:
-            objective = (per_element.sum(-1) / mask.sum(-1).clamp(min=1))[has_actions].mean()
-        clip_frac = clipped[mask].float().mean()
+            objective = (per_element.sum(-1) / mask.sum(-1).clamp(min=1))[has_actions].sum() / scored_steps
+        clip_frac = clipped[mask].float().sum() / elements
     else:  # one ratio per step: the product of its elements' ratios
         surrogate, clipped = clipped_surrogate(logratio.sum(-1), adv[:, None], algo.clip_eps)
         if behaviour is not None:  # the step's own behaviour -> old ratio, the same product, capped
             surrogate = surrogate * torch.exp(((old - behaviour) * mask).sum(-1)).clamp(max=algo.is_cap)
-        objective = surrogate[has_actions].mean()
-        clip_frac = clipped[has_actions].float().mean()
-    approx_kl = ((torch.exp(logratio) - 1) - logratio)[mask].mean()
+        objective = surrogate[has_actions].sum() / scored_steps
+        clip_frac = clipped[has_actions].float().sum() / scored_steps
+    approx_kl = ((torch.exp(logratio) - 1) - logratio)[mask].sum() / elements
     metrics = {"clip_frac_theta": clip_frac.item(), "approx_kl_theta": approx_kl.item()}
     loss = -objective
     if ref_logp is not None:
-        kl = k3_kl(logp, ref_logp)[mask].mean()
+        kl = k3_kl(logp, ref_logp)[mask].sum() / elements
         loss = loss + algo.kl_beta * kl
         metrics["kl_ref"] = kl.item()
     return loss, metrics
@@ -87,9 +90,10 @@ def phi_log_probs(policy: SchedulePolicy, traj: Trajectory, steps: list[int]) ->
 
 
 def phi_objective(policy: SchedulePolicy, traj: Trajectory, adv: torch.Tensor, steps: list[int], select: torch.Tensor,
-                  algo: AlgoConfig, old_logp: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+                  algo: AlgoConfig, old_logp: torch.Tensor | None = None,
+                  denominator: Denominator = own_counts) -> tuple[torch.Tensor, dict]:
     """select (B, len(steps)): the (sample, step) pairs trained. old_logp (B, len(steps)): the learner's old
-    log-probs when they differ from the behaviour ones."""
+    log-probs when they differ from the behaviour ones. Means divide by `denominator` of their counts, as theta's."""
     logp, std = phi_log_probs(policy, traj, steps)
     behaviour = traj.sched_logp[:, torch.tensor(steps)]
     old = behaviour if old_logp is None else old_logp
@@ -97,7 +101,8 @@ def phi_objective(policy: SchedulePolicy, traj: Trajectory, adv: torch.Tensor, s
     surrogate, clipped = clipped_surrogate(logratio, adv[:, None], algo.clip_eps_phi)
     surrogate = surrogate * truncated_is_weight(old, behaviour, algo.is_cap)
     select = select & traj.sched_mask[torch.tensor(steps)].any(-1)  # a step with no effective dimension: no action
-    metrics = {"clip_frac_phi": clipped[select].float().mean().item(),
-               "approx_kl_phi": ((torch.exp(logratio) - 1) - logratio)[select].mean().item(),
-               "std_phi": std.mean().item()}
-    return -surrogate[select].mean(), metrics
+    trained, stds = denominator(torch.stack([select.sum(), torch.tensor(std.numel())]))
+    metrics = {"clip_frac_phi": (clipped[select].float().sum() / trained).item(),
+               "approx_kl_phi": (((torch.exp(logratio) - 1) - logratio)[select].sum() / trained).item(),
+               "std_phi": (std.sum() / stds).item()}
+    return -surrogate[select].sum() / trained, metrics

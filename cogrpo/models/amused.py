@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import AmusedScheduler, UVit2DModel, VQModel
+from diffusers import AmusedPipeline, AmusedScheduler, UVit2DModel, VQModel
 from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 
 from cogrpo.models.interface import ImageTokenizer, MaskedTokenModel
@@ -149,13 +149,14 @@ class VQTextModel(MaskedTokenModel):
         """ids (B, h, w) with the native mask id -> logits (B, codebook, h, w)."""
 
     def forward(self, tokens: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """Conditioning is cast to the transformer's dtype (bf16 under DeepSpeed on GPUs) and logits come back in
-        float32, so log-probs and ratios are computed in full precision whatever the transformer runs in."""
+        """Conditioning is cast to the transformer's dtype (bf16 under DeepSpeed on GPUs) and the logits come back
+        in it: the samplers and likelihoods take log-probs in float32 (a (B, N, V) float32 copy kept for backward
+        would double the update's largest tensor)."""
         b = tokens.shape[0]
         hidden, pooled, micro = (part.to(self.transformer.dtype) for part in self.unpack(cond))
         ids = tokens.masked_fill(tokens == self.mask_id, self.native_mask_id).view(b, *self.grid)
         logits = self.transformer_logits(ids, hidden, pooled, micro)
-        return logits.permute(0, 2, 3, 1).reshape(b, self.num_tokens, -1).float()
+        return logits.permute(0, 2, 3, 1).reshape(b, self.num_tokens, -1)
 
 
 class AmusedModel(VQTextModel):
@@ -167,6 +168,13 @@ class AmusedModel(VQTextModel):
 
     def transformer_logits(self, ids, hidden, pooled, micro):
         return self.transformer(ids, encoder_hidden_states=hidden, pooled_text_emb=pooled, micro_conds=micro)
+
+    def save_pipeline(self, base: Path, out: Path) -> None:
+        """AmusedPipeline.save_pretrained of this transformer with the base folder's other parts: a folder diffusers
+        loads as it loads the release."""
+        scheduler = AmusedScheduler.from_pretrained(base / "scheduler", local_files_only=True)
+        AmusedPipeline(vqvae=self.tokenizer.vq, text_encoder=self.text.encoder, tokenizer=self.text.tokenizer,
+                       transformer=self.transformer, scheduler=scheduler).save_pretrained(out)
 
 
 def load_shared_components(root: str | Path, kind: str) -> tuple[Path, VQModel, ClipText, int]:

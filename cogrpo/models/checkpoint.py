@@ -19,6 +19,8 @@ BUILTIN_DIR = Path(__file__).parent / "weights"
 BUILTIN_PREFIX = "builtin:"
 # built from an architecture, trained from scratch
 TINY_MODELS = {"tiny_mdm": TinyMDM, "tiny_flow": TinyFlow, "tiny_mdlm": TinyMDLM}
+# folder models whose fine-tuned transformer `export_pipeline` writes back into their pipeline's folder layout
+PIPELINE_KINDS = ("amused", "meissonic")
 
 
 def resolve_checkpoint_path(spec: str) -> Path:
@@ -97,3 +99,12 @@ def build_model(config: ModelConfig, length: int | None = None) -> torch.nn.Modu
     if config.checkpoint is None:
         return TINY_MODELS[config.kind](config.arch)
     return load_model(resolve_checkpoint_path(config.checkpoint), config.kind)
+
+
+def export_pipeline(config: ModelConfig, out: Path) -> None:
+    """The model of `config` (its base folder with `checkpoint`'s fine-tuned weights loaded strictly over it) saved
+    as a folder of its pipeline's layout at `out`, which must not exist yet."""
+    if config.kind not in PIPELINE_KINDS:
+        raise InputError(f"model.kind {config.kind} has no pipeline folder to export; the kinds that have one: "
+                         f"{', '.join(PIPELINE_KINDS)}")
+    build_model(config).save_pipeline(Path(config.path), out)

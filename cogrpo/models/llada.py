@@ -88,13 +88,14 @@ class FolderTextModel(MaskedTokenModel):
         return torch.cat([weight, torch.zeros(1, weight.shape[1])])
 
     def forward(self, tokens: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """Logits (B, length, vocab) in float32 at the completion's positions; the model's own mask token gets
-        -inf. The prompt's left padding is masked out of attention."""
+        """Logits (B, length, vocab) in the model's dtype at the completion's positions (log-probs are taken in
+        float32 by their callers); the model's own mask token gets -inf. The prompt's left padding is masked out
+        of attention."""
         ids = torch.cat([cond, tokens], 1)
         ids = ids.masked_fill(ids == self.mask_id, self.native_mask_id)
         attention = torch.ones_like(ids)
         attention[:, :cond.shape[1]] = (torch.cumsum(cond != self.pad_id, 1) > 0).long()  # left padding only
-        logits = self.lm(input_ids=ids, attention_mask=attention).logits[:, cond.shape[1]:, :self.vocab].float()
+        logits = self.lm(input_ids=ids, attention_mask=attention).logits[:, cond.shape[1]:, :self.vocab]
         return logits.index_fill(-1, torch.tensor([self.native_mask_id], device=logits.device), float("-inf"))
 
     def decode_texts(self, tokens: torch.Tensor) -> list[str]:

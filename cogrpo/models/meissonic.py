@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import shutil
 import sys
 from pathlib import Path
 
@@ -65,6 +66,13 @@ class MeissonicModel(VQTextModel):
         return self.transformer(hidden_states=ids, encoder_hidden_states=hidden, pooled_projections=pooled,
                                 timestep=masked * TIMESTEP_SCALE, img_ids=self.img_ids.to(hidden.device),
                                 txt_ids=self.txt_ids.to(hidden.device), micro_conds=micro)
+
+    def save_pipeline(self, base: Path, out: Path) -> None:
+        """The base snapshot as it is (its pipeline code, src/ and every part) with this transformer saved over its
+        transformer/: diffusers has no Meissonic pipeline, so the folder's own code loads it, as it loads the
+        release."""
+        shutil.copytree(base, out, ignore=lambda folder, names: ["transformer"] if Path(folder) == base else [])
+        self.transformer.save_pretrained(out / "transformer")
 
 
 def import_class_from_file(path: Path, name: str) -> type:

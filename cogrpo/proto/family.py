@@ -12,7 +12,7 @@ it exposes to the schedule policy (`knobs`, `hand_schedule`), and how a finished
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
@@ -34,6 +34,8 @@ class ActionLogProbs:
 class Estimator(Protocol):
     """One way to score theta's likelihood of the recorded actions (trajectory replay, MaskGRPO's re-masking, ...)."""
 
+    scores_steps: bool  # S = len(steps), one view per trained step: a replay may then be split into chunks of steps
+
     def inputs(self, traj: Trajectory, epochs: int) -> list[dict[str, torch.Tensor]]:
         """Per inner epoch, the per-sample tensors its scoring depends on (a random re-mask, drawn once so that
         old, reference and new log-probs see identical inputs); [{}] when nothing varies between epochs."""
@@ -46,6 +48,15 @@ class Estimator(Protocol):
     def behaviour(self, traj: Trajectory, steps: list[int]) -> torch.Tensor | None:
         """(B, S, A): the log-probs recorded at sampling time in the layout of `log_probs`, or None when this
         estimator's scores are not the sampler's (they are then computed from the model before the update)."""
+
+
+Denominator = Callable[[torch.Tensor], torch.Tensor]  # a batch's counts -> what the objective divides its sums by
+
+
+def own_counts(counts: torch.Tensor) -> torch.Tensor:
+    """The denominator of a batch trained whole: its own counts. A data-parallel rank divides its share of a
+    minibatch by the whole minibatch's instead (learner/ranks.py), so that the ranks' mean gradient is exact."""
+    return counts
 
 
 class ForwardObjective(Protocol):
@@ -61,8 +72,10 @@ class ForwardObjective(Protocol):
         no_grad)."""
 
     def loss(self, model: torch.nn.Module, traj: Trajectory, inputs: dict[str, torch.Tensor], old: torch.Tensor,
-             advantages: torch.Tensor, reference: torch.Tensor | None) -> tuple[torch.Tensor, dict]:
-        """The objective on a minibatch, given the old (and reference) predictions; (loss, metrics)."""
+             advantages: torch.Tensor, reference: torch.Tensor | None,
+             denominator: Denominator = own_counts) -> tuple[torch.Tensor, dict]:
+        """The objective on a minibatch, given the old (and reference) predictions; (loss, metrics). Its means are
+        sums divided by `denominator` of their counts."""
 
 
 class Family(Protocol):

@@ -43,6 +43,10 @@ FAMILIES: dict[str, FamilyInfo] = {
                               ("trajectory", "maskgrpo", "d1", "unigrpo")),
 }
 FAMILY_OF_KIND = {kind: name for name, info in FAMILIES.items() for kind in info.kinds}
+# Image backbones with a text encoder of their own: they read any prompt, so their prompt files may hold free text
+# and GenEval metadata of any class. The other image models read the shapes world's closed vocabulary, and their
+# prompts must be ones its judge can score.
+OPEN_PROMPT_KINDS = ("amused", "meissonic", "sd3", "flux")
 
 # What each built-in reward scores (each reward class declares the same as `scores`; a test holds them together).
 REWARD_SCORES = {"shapes": "images", "clip": "images", "hps": "images", "image_reward": "images",

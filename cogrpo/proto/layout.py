@@ -2,6 +2,7 @@
 naming a complete checkpoint. Whoever writes or reads a run goes through these names.
 
     <run>/config.yaml  metrics.jsonl  eval.jsonl  reward_curve.png  schedule.png  samples_iter_NNNNNN.png
+    <run>/tensorboard/  (TensorBoard event files of the same rows, with metrics.tensorboard)
     <run>/.cogrpo-run  (marks a cogrpo run)   <run>/.lock  (the writing process, while it runs)
     <run>/checkpoints/iter_NNNNNN/  (state.json last)   <run>/checkpoints/latest  (names the newest complete one)
 
@@ -59,6 +60,7 @@ class RunLayout:
         self.evals = self.root / "eval.jsonl"
         self.reward_curve = self.root / "reward_curve.png"
         self.schedule_plot = self.root / "schedule.png"
+        self.tensorboard = self.root / "tensorboard"  # event files, when metrics.tensorboard is on
         self.checkpoints = self.root / "checkpoints"
         self.marker = self.root / ".cogrpo-run"
         self.lock = self.root / ".lock"
@@ -110,9 +112,29 @@ def mark_latest(folder: Path) -> None:
     os.replace(marker, folder.parent / "latest")
 
 
-def exported_model_of(run: Path) -> Path:
-    """A run directory's exported model file: its latest complete checkpoint's (averaged) model."""
+def latest_checkpoint(run: Path) -> Path:
+    """A run directory's latest complete checkpoint folder."""
     folder = RunLayout(run).latest()
     if folder is None:
-        raise InputError(f"run directory {run} has no complete checkpoint (no checkpoints/latest)")
-    return CheckpointLayout(folder).exported_model()
+        raise InputError(f"run directory {clip(str(run))} has no complete checkpoint (no checkpoints/latest)")
+    return folder
+
+
+def exported_model_of(run: Path) -> Path:
+    """A run directory's exported model file: its latest complete checkpoint's (averaged) model."""
+    return CheckpointLayout(latest_checkpoint(run)).exported_model()
+
+
+def run_checkpoint(path: Path) -> tuple[RunLayout, CheckpointLayout]:
+    """A run directory (its latest complete checkpoint) or one of its checkpoint folders -> the run and the
+    checkpoint, which must be complete."""
+    if RunLayout(path).marker.is_file():
+        run, folder = RunLayout(path), latest_checkpoint(path)
+    elif RunLayout(path.parent.parent).marker.is_file() and path.parent.name == "checkpoints":
+        run, folder = RunLayout(path.parent.parent), path
+    else:
+        raise InputError(f"{clip(str(path))} is neither a cogrpo run directory nor one of its checkpoint folders "
+                         "(<run>/checkpoints/iter_NNNNNN)")
+    checkpoint = CheckpointLayout(folder)
+    checkpoint.read_state()
+    return run, checkpoint

@@ -14,7 +14,7 @@ import numpy as np
 from scipy import ndimage
 
 from cogrpo.data.geneval import summarize
-from cogrpo.data.world import H, PALETTE, SHAPE_MASKS, W, to_palette
+from cogrpo.data.world import CLASSES, COLORS, H, PALETTE, SHAPE_MASKS, W, to_palette
 from cogrpo.rewards.interface import Reward
 
 POSITION_MARGIN = 1.0  # pixels between centroids before a relation counts
@@ -42,12 +42,26 @@ def _classify(component: np.ndarray) -> str:
     return "other"
 
 
+def _world_scale(image: np.ndarray) -> int | None:
+    """Pixels per world pixel when the image is an integer upscaling of the world, else None."""
+    h, w = image.shape[:2]
+    return None if h % H or w % W or h // H != w // W else h // H
+
+
+def judgeable(image: np.ndarray, record: dict) -> bool:
+    """Whether the judge can read a sample: a world-sized image for a metadata record of the world's classes and
+    colours. A real model's (a free prompt, a COCO class, any image size) is not, and is left unscored, not 0."""
+    entries = [*record.get("include", ()), *record.get("exclude", ())]
+    return (bool(record.get("include")) and _world_scale(image) is not None
+            and all(e["class"] in CLASSES and e.get("color", COLORS[0]) in COLORS for e in entries))
+
+
 def to_world_grid(image: np.ndarray) -> np.ndarray:
     """RGB image -> palette grid at world resolution (integer-upscaled images are subsampled)."""
-    h, w = image.shape[:2]
-    if h % H or w % W or h // H != w // W:
-        raise ValueError(f"image of size {h}x{w} is not an integer multiple of the {H}x{W} world")
-    k = h // H
+    k = _world_scale(image)
+    if k is None:
+        raise ValueError(f"image of size {image.shape[0]}x{image.shape[1]} is not an integer multiple of the {H}x{W} "
+                         "world")
     return to_palette(image[k // 2:: k, k // 2:: k])
 
 
@@ -123,9 +137,12 @@ class ShapesReward(Reward):
         return [judge(detect(image), record) for image, record in zip(images, metadata, strict=True)]
 
     def score(self, images, prompts, metadata):
-        judgements = self.judge_batch(images, metadata)
-        scores = np.array([getattr(j, self.head) for j in judgements], dtype=np.float64)
-        return scores, np.ones(len(scores), dtype=bool)
+        valid = np.array([judgeable(image, record) for image, record in zip(images, metadata, strict=True)],
+                         dtype=bool)
+        scores = np.zeros(len(valid), dtype=np.float64)
+        for i in np.flatnonzero(valid):
+            scores[i] = getattr(judge(detect(images[i]), metadata[i]), self.head)
+        return scores, valid
 
 
 def judge_generation(records: list[dict], images: list[np.ndarray]) -> tuple[list[dict], list[Judgement]]:
@@ -146,9 +163,16 @@ def geneval_summary(rows: list[dict], judgements: list[Judgement]) -> dict:
             "partial": float(np.mean([j.partial for j in judgements])), "images": len(rows)}
 
 
-def summarize_images(records: list[dict], samples: np.ndarray) -> tuple[dict, list[dict]]:
-    """An image family's evaluation summary by the shapes judge (meaningful on the shapes world) and its rows:
-    samples (len(records) * n, H, W, 3), each record's n samples together."""
-    per_record = samples.reshape(len(records), -1, *samples.shape[1:])
-    rows, judgements = judge_generation(records, list(per_record))
+def summarize_generation(records: list[dict], images: list[np.ndarray], world: str) -> tuple[dict, list[dict]]:
+    """An image evaluation's summary and per-image rows, images[i] the samples of records[i]: GenEval's figures by
+    the shapes judge on the shapes world's prompts; on an open world's (a real model's), which it cannot read, the
+    image count alone (the config's rewards score them, and GenEval's own scorer a `generate --outdir` folder)."""
+    if world != "shapes":
+        return {"images": sum(len(samples) for samples in images)}, []
+    rows, judgements = judge_generation(records, images)
     return geneval_summary(rows, judgements), rows
+
+
+def summarize_images(records: list[dict], samples: np.ndarray, world: str) -> tuple[dict, list[dict]]:
+    """`summarize_generation` of samples (len(records) * n, H, W, 3), each record's n samples together."""
+    return summarize_generation(records, list(samples.reshape(len(records), -1, *samples.shape[1:])), world)

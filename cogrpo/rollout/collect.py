@@ -4,6 +4,7 @@ sampler.batch_size with the seeds of cogrpo/rollout/batching.py, in any runtime.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -45,19 +46,25 @@ def join(batches: list):
 
 @torch.no_grad()
 def decode_prompts(family: Family, model: torch.nn.Module, schedule: Schedule, prompts: list[str], steps: int,
-                   seed: int, batch_size: int) -> tuple[list, list[Trajectory]]:
+                   seed: int, batch_size: int, progress: Callable[[int], object] | None = None
+                   ) -> tuple[list, list[Trajectory]]:
     """Samples for `prompts`, every step sampled, in batches of batch_size seeded seed + k (so they depend on
-    nothing else): the decoded batches and their trajectories."""
+    nothing else): the decoded batches and their trajectories. progress: told each batch's sample count once it is
+    decoded (the CLI's progress bar; this layer draws nothing)."""
     plan = full_plan(steps)
-    trajectories = [family.sample(model, prompts[s.start: s.stop], schedule, plan, s.seed)
-                    for s in slices(len(prompts), batch_size, seed, None)]
-    return [family.decode(model, traj) for traj in trajectories], trajectories
+    batches, trajectories = [], []
+    for s in slices(len(prompts), batch_size, seed, None):
+        trajectories.append(family.sample(model, prompts[s.start: s.stop], schedule, plan, s.seed))
+        batches.append(family.decode(model, trajectories[-1]))
+        if progress is not None:
+            progress(s.stop - s.start)
+    return batches, trajectories
 
 
 def evaluate(family: Family, model: torch.nn.Module, schedule: Schedule, records: list[dict], steps: int, seed: int,
-             batch_size: int, n_per_prompt: int) -> Evaluation:
+             batch_size: int, n_per_prompt: int, progress: Callable[[int], object] | None = None) -> Evaluation:
     prompts = repeat_each([r["prompt"] for r in records], n_per_prompt)
-    batches, trajectories = decode_prompts(family, model, schedule, prompts, steps, seed, batch_size)
+    batches, trajectories = decode_prompts(family, model, schedule, prompts, steps, seed, batch_size, progress)
     samples = join(batches)
     summary, rows = family.summarize(records, samples)
     preview = samples[::n_per_prompt][:16] if family.samples == "images" else None

@@ -1,7 +1,8 @@
 """Nothing the masked image path learns moved when the model families got a seam of their own: the smoke config's
 first 3 iterations (rewards, losses, every learner metric) and the evaluations after them equal the values measured
 on the commit before (tests/fixtures/smoke_parity.json, with how they were measured). In one process: that the Ray
-runtime gives what the single process gives is tests/cluster/test_ray_runtime.py's (and the flow and text runs')."""
+runtime gives what the single process gives is tests/cluster/test_ray_runtime.py's (and the flow and text runs'),
+with two learner ranks tests/cluster/test_rank_parity.py's."""
 
 import json
 from pathlib import Path

@@ -12,7 +12,7 @@ import ray
 from cogrpo.cluster.compat import ray_cluster_flag
 from cogrpo.cluster.loop import trainer
 from cogrpo.cluster.ray.connect import SINGLE_MACHINE_ENV, connect, return_to
-from cogrpo.cluster.ray.learner import rank_shard
+from cogrpo.cluster.ray.learner import usable_batches
 from cogrpo.cluster.ray.weights import named_state, to_numpy
 from cogrpo.proto.errors import FaultError, InputError
 
@@ -91,21 +91,14 @@ def test_the_driver_returns_to_its_working_directory_once_it_is_back(tmp_path, m
         return_to(str(tmp_path / "gone"), timeout_s=0.2)
 
 
-def test_each_learner_rank_fetches_only_the_batches_its_share_lies_in():
-    sizes = [4, 4, 4]
-    usable = np.array([1, 1, 0, 1, 0, 0, 0, 0, 1, 1, 1, 0], dtype=bool)  # batch 1 left out whole, as PODS may
-    batches = [np.arange(start, start + n) for start, n in zip(np.cumsum([0, *sizes]), sizes)]  # sample ids
-    shares = []
-    for rank, batch in enumerate([0, 2]):
-        index, needed, local = rank_shard(sizes, usable, rank, 2)
-        assert list(needed) == [batch]
-        np.testing.assert_array_equal(np.concatenate([batches[b] for b in needed])[local], index)
-        shares.append(index)
-    assert sorted(np.concatenate(shares)) == [0, 1, 3, 8, 9, 10]  # disjoint, equal, every usable sample
-    index, needed, local = rank_shard(sizes, usable, 0, 4)  # 6 usable over 4 ranks: 4 trained, 2 left out
-    assert len(index) == 1 and len(needed) == 1
-    index, needed, local = rank_shard(sizes, np.zeros(12, dtype=bool), 0, 1)
-    assert len(index) == len(local) == 0 and list(needed) == [0]
+def test_learner_ranks_fetch_the_batches_holding_usable_samples_and_the_first():
+    sizes = [4, 4, 4, 4]
+    usable = np.array([0, 0, 0, 0, 1, 1, 0, 1, 0, 0, 0, 0, 0, 1, 1, 0], dtype=bool)  # batch 2 left out, as PODS may
+    needed, rows = usable_batches(sizes, usable)
+    assert list(needed) == [0, 1, 3]  # batch 0 for its seed, which the learner's shuffles derive from
+    assert list(rows) == [*range(0, 8), *range(12, 16)]
+    needed, rows = usable_batches(sizes, np.zeros(16, dtype=bool))
+    assert list(needed) == [0] and list(rows) == [0, 1, 2, 3]
 
 
 def test_a_request_the_cluster_cannot_satisfy_fails_at_once(tmp_path, tiny, local_ray):

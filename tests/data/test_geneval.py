@@ -14,7 +14,7 @@ RECORDS = [single_object("circle"), colors("red", "square"), counting(3, "triang
 def test_metadata_round_trip(tmp_path):
     path = tmp_path / "m.jsonl"
     G.write_jsonl(path, RECORDS)
-    assert G.read_metadata(path) == RECORDS
+    assert G.read_metadata(path, "shapes") == RECORDS
     # one JSON object per line, exactly GenEval's keys
     first = json.loads(path.read_text().splitlines()[0])
     assert set(first) == {"tag", "include", "prompt"}
@@ -36,16 +36,16 @@ def test_bad_metadata_is_one_clear_error(tmp_path, content, message):
     path = tmp_path / "m.jsonl"
     path.write_text(content)
     with pytest.raises(InputError, match=message):
-        G.read_metadata(path)
+        G.read_metadata(path, "shapes")
 
 
 def test_non_utf8_and_missing_metadata(tmp_path):
     path = tmp_path / "m.jsonl"
     path.write_bytes(b"\xff\xfe\x00bad")
     with pytest.raises(InputError, match="UTF-8"):
-        G.read_metadata(path)
+        G.read_metadata(path, "shapes")
     with pytest.raises(InputError, match="not found"):
-        G.read_metadata(tmp_path / "missing.jsonl")
+        G.read_metadata(tmp_path / "missing.jsonl", "shapes")
 
 
 def test_generation_layout_is_genevals(tmp_path):
@@ -55,7 +55,7 @@ def test_generation_layout_is_genevals(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["00000", "00001", "00002", "00003"]
     assert (out / "00002" / "metadata.jsonl").read_text() == json.dumps(RECORDS[2]) + "\n"
     assert sorted(p.name for p in (out / "00002" / "samples").iterdir()) == ["00000.png", "00001.png"]
-    back = G.read_generation(out)
+    back = G.read_generation(out, "shapes")
     assert [r for r, _ in back] == RECORDS
     assert np.array_equal(G.load_image(back[0][1][1]), images[0][1])
 

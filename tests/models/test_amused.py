@@ -11,7 +11,7 @@ from cogrpo.models.checkpoint import build_model, save_model
 from cogrpo.proto.config import ModelConfig, SamplerConfig, load_config
 from cogrpo.proto.errors import InputError
 from cogrpo.rollout.masked_image.family import hand_knobs
-from cogrpo.rollout.masked.sampler import _gumbel, generate
+from cogrpo.rollout.masked.sampler import _gumbel, chosen_log_probs, generate, guided_log_probs
 from cogrpo.rollout.schedule import HandSchedule
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -49,15 +49,20 @@ def test_logits_over_the_codebook_with_our_mask_id_mapped_to_amused_mask_token(m
     assert not torch.allclose(direct, raw)
 
 
-def test_a_bf16_transformer_reads_cast_conditioning_and_gives_float32_logits(folder):
-    """As under DeepSpeed's bf16 on GPUs: the engine casts the transformer, trajectories keep float32 conditioning."""
+def test_a_bf16_transformer_reads_cast_conditioning_and_its_log_probs_are_float32(folder):
+    """As under DeepSpeed's bf16 on GPUs: the engine casts the transformer, trajectories keep float32 conditioning;
+    the logits stay bf16 (no float32 copy of them is kept) and the log-probs taken from them are float32."""
     model = build_model(ModelConfig(kind="amused", path=str(folder)))
     tokens = torch.randint(0, CODEBOOK, (2, 16))
     cond = model.encode_prompts(PROMPTS)
-    full = model(tokens, cond)
+    knobs = torch.tensor([[0.5, 1.0, 1.0, 2.0]] * 2)
+    full = guided_log_probs(model, tokens, cond, model.null_conditioning(2), knobs)
     model.transformer.to(torch.bfloat16)
-    half = model(tokens, cond)
-    assert half.dtype == torch.float32 and torch.allclose(half, full, atol=0.1, rtol=0.05)
+    assert model(tokens, cond).dtype == torch.bfloat16
+    half = guided_log_probs(model, tokens, cond, model.null_conditioning(2), knobs)
+    assert half.dtype == torch.float32 and torch.allclose(half, full, atol=0.3, rtol=0.05)
+    picked = chosen_log_probs(model, tokens, cond, model.null_conditioning(2), knobs, tokens)
+    assert picked.dtype == torch.float32 and torch.equal(picked, half.gather(-1, tokens[..., None]).squeeze(-1))
 
 
 def test_conditioning_packs_clip_states_pooled_embedding_and_micro_conditioning(model):
@@ -132,14 +137,22 @@ def test_our_sampler_and_amused_pipeline_decode_the_same_tokens_and_pixels(folde
     pixels = np.stack([np.asarray(image) for image in theirs("pil")])
     assert np.array_equal(model.decode_images(ours.tensors['tokens']), pixels)
     other_seed = generate(model, model.encode_prompts(PROMPTS), schedule, steps, seed=seed + 1)
-    assert not torch.equal(other_seed.tensors['tokens'], ours.tensors['tokens'])  # the seed matters, so agreeing on it means something
+    # the seed matters, so agreeing on it means something
+    assert not torch.equal(other_seed.tensors['tokens'], ours.tensors['tokens'])
 
 
-def test_one_learner_update_trains_the_transformer(folder, learner_update):
-    model = build_model(ModelConfig(kind="amused", path=str(folder)))
+@pytest.mark.parametrize("device, dtype", [
+    pytest.param("cpu", torch.float32, id="cpu-fp32"),
+    pytest.param("cuda", torch.bfloat16, id="cuda-bf16", marks=pytest.mark.cuda),  # as a GPU rollout worker holds it
+])
+def test_one_learner_update_trains_the_transformer(folder, learner_update, device, dtype):
+    """It samples images (the transformer on the device, tokens and pixels back on the CPU) and trains."""
+    model = build_model(ModelConfig(kind="amused", path=str(folder))).to(device, dtype)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     text_before = [p.clone() for p in model.text.encoder.parameters()]
-    metrics, _ = learner_update(model, PROMPTS * 2)
+    metrics, traj = learner_update(model, PROMPTS * 2)
+    assert model.transformer.dtype == dtype and model.device.type == device
+    assert model.decode_images(traj.tensors["tokens"]).shape == (4, 8, 8, 3)
     assert metrics["train_theta"] and np.isfinite(metrics["loss_theta"]) and metrics["grad_norm_theta"] > 0
     changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
     assert len(changed) > len(before) // 2

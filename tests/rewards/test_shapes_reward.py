@@ -104,3 +104,17 @@ def test_reward_interface_returns_scores_and_validity():
     images = np.stack([to_rgb(render(records[0], rng)), to_rgb(np.zeros((H, W), np.int64))])
     scores, valid = ShapesReward("strict").score(images, [r["prompt"] for r in records], records)
     assert scores.tolist() == [1.0, 0.0] and valid.all()
+
+
+def test_what_the_judge_cannot_read_is_left_unscored_not_scored_zero():
+    """A real model's sample (a free prompt, a COCO class, an image not a multiple of the 16 px world) is invalid,
+    so its group leaves it out, where a 0 would read as a wrong image."""
+    record = colors("red", "circle")
+    image = to_rgb(render(record, random.Random(0)))
+    coco = {"tag": "single_object", "include": [{"class": "bench", "count": 1}], "prompt": "a photo of a bench"}
+    cases = [(image, record), (image, {"prompt": "a photo of a red circle"}), (image, coco),
+             (np.kron(image, np.ones((2, 2, 1), np.uint8)), record), (image[:12, :12], record)]
+    scores, valid = ShapesReward("strict").score(np.array([c[0] for c in cases[:3]]), [], [c[1] for c in cases[:3]])
+    assert valid.tolist() == [True, False, False] and scores.tolist() == [1.0, 0.0, 0.0]
+    for image_, record_ in cases[3:]:
+        assert ShapesReward("strict").score(image_[None], [], [record_])[1].tolist() == [image_.shape[0] == 32]

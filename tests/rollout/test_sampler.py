@@ -1,3 +1,4 @@
+import copy
 import math
 
 import pytest
@@ -40,12 +41,19 @@ def test_deterministic_for_a_seed_and_different_across_seeds(model, sampler):
 
 @pytest.mark.parametrize("sampler", ["maskgit", "emerge"])
 @pytest.mark.parametrize("guidance", [0.0, 2.0])
-def test_replay_reproduces_the_recorded_log_probs(model, sampler, guidance):
+@pytest.mark.parametrize("device, dtype, atol", [
+    pytest.param("cpu", torch.float32, 1e-5, id="cpu"),
+    # a GPU rollout worker's bf16 model; the replay batches differently, so bf16 rounding differs a little
+    pytest.param("cuda", torch.bfloat16, 0.05, id="cuda-bf16", marks=pytest.mark.cuda),
+])
+def test_replay_reproduces_the_recorded_log_probs(model, sampler, guidance, device, dtype, atol):
+    model = copy.deepcopy(model).to(device, dtype)
     traj = run(model, 1, sampler, guidance=guidance, temperature=0.8)
+    assert traj.tensors["token_logp"].device.type == "cpu"
     steps = list(range(traj.steps))
     logp = replay_log_probs(model, traj, steps)
     replayed = (logp * committed_at(traj, steps)).sum(1)
-    assert torch.allclose(replayed, traj.tensors["token_logp"], atol=1e-5)
+    assert torch.allclose(replayed, traj.tensors["token_logp"], atol=atol)
     assert (traj.tensors["token_logp"] < 0).all()
 
 

@@ -13,7 +13,8 @@ import torch
 from cogrpo.cluster.build import build_policies, build_rewards
 from cogrpo.cluster.process import configure_compute
 from cogrpo.cluster.ray.pool import WeightsMissing
-from cogrpo.cluster.ray.weights import BroadcastGroup, connect_store, load_named_state, named_state, to_numpy
+from cogrpo.cluster.ray.flat import CudaMapped, IpcMessage, gpu_place, load_object
+from cogrpo.cluster.ray.weights import BroadcastGroup, connect_store, named_state, to_numpy
 from cogrpo.learner.averaging import weights_swapped_in
 from cogrpo.models.interface import compute_device
 from cogrpo.proto.config import Config
@@ -61,6 +62,9 @@ class Actor:
         store = self.sync_store if rank == 0 else connect_store(host, port, timeout)
         self.sync = BroadcastGroup(store, rank, world, ray.util.get_node_ip_address(), timeout)
 
+    def gpu_place(self) -> tuple[str, tuple[str, ...]] | None:
+        return gpu_place()
+
 
 class RolloutWorker(Actor):
     """Holds theta and phi; generates batches tagged with its weight version, and decodes evaluations."""
@@ -74,6 +78,7 @@ class RolloutWorker(Actor):
         self.family, self.model, self.policy = policies.family, policies.model, policies.policy
         self.version: int | None = None  # no weights from the learner yet
         self.sync: BroadcastGroup | None = None  # joined at start; a restarted process is in no group
+        self.cuda = CudaMapped()
 
     def weight_version(self) -> int | None:
         return self.version
@@ -82,12 +87,12 @@ class RolloutWorker(Actor):
         if self.version != version:
             raise WeightsMissing(f"rollout worker holds weight version {self.version}, the driver expects {version}")
 
-    def load_weights(self, version: int, holder: list) -> int:
-        """Object-store transport: swap in published weights. Actor calls run one at a time, so weights only
-        change between batches."""
-        load_named_state(self.model, self.policy, ray.get(holder[0]))
-        self.version = version
-        return version
+    def load_weights(self, message: list | IpcMessage) -> int:
+        """Object store ([ref] to the message) or CUDA IPC: swap in published weights. Actor calls run one at a
+        time, so weights only change between batches."""
+        into = named_state(self.model, self.policy)
+        self.version = self.cuda.load(message, into) if isinstance(message, IpcMessage) else load_object(message, into)
+        return self.version
 
     def receive_weights(self) -> int:
         """Collective transport: the broadcast lands in the live tensors (state_dict views), between batches."""

@@ -4,8 +4,9 @@ trajectories or weights themselves.
 
 Per iteration: rollout batches (the same batches and seeds as the single-process runtime) go to the rollout pool;
 each batch's samples go straight to a reward worker; the loop turns the scores into group advantages; every
-learner rank takes its share of the trajectories from the object store and updates; the weight channel publishes
-the new weights (model and schedule policy, one versioned message), which rollout workers swap in between batches.
+learner rank takes the trajectories from the object store and trains its share of each minibatch; the weight
+channel publishes the new weights (model and schedule policy, one versioned message), which rollout workers swap in
+between batches.
 An evaluation is decoded by rollout worker 0 (theta's moving average, if kept, swapped in) and its sample batches
 are scored by the reward workers as a rollout's are. Faults are the actor pools' business (cluster/ray/pool.py).
 """
@@ -23,7 +24,7 @@ from cogrpo.cluster.build import family_of
 from cogrpo.cluster.loop import EvalResult, Rollout
 from cogrpo.cluster.ray.actors import RewardWorker, RolloutWorker, reports_input_errors
 from cogrpo.cluster.ray.connect import check_resources, connect
-from cogrpo.cluster.ray.learner import LearnerWorker
+from cogrpo.cluster.ray.learner import LearnerWorker, rank_metrics
 from cogrpo.cluster.ray.pool import RESTARTED, REWARD, ROLLOUT, ActorPool, from_learners, get
 from cogrpo.cluster.ray.weights import WeightChannel
 from cogrpo.proto.config import Config
@@ -154,8 +155,8 @@ class RayRuntime:
         batches = rollout.handle
         parts, sizes = [b.traj for b in batches], [len(b.prompts) for b in batches]
         versions = [b.version for b in batches]
-        metrics = from_learners([w.update.remote(iteration, parts, sizes, versions, advantages, usable, rollout.plan)
-                                 for w in self.learners], self.timeout)[0]
+        metrics = rank_metrics(from_learners([w.update.remote(iteration, parts, sizes, versions, advantages, usable,
+                                                              rollout.plan) for w in self.learners], self.timeout))
         self.version = metrics["weight_version"]
         return metrics
 

@@ -17,11 +17,13 @@ from cogrpo.cluster.build import build_learner, build_policies
 from cogrpo.cluster.compat import skip_deepspeed_op_probes, weights_only_deepspeed_reads
 from cogrpo.cluster.process import configure_compute
 from cogrpo.cluster.ray.actors import Actor
+from cogrpo.cluster.ray.flat import CudaShare, IpcMessage, ObjectMessage
 from cogrpo.cluster.ray.weights import connect_store, host_store, named_state, pin_gloo_to, to_numpy
 from cogrpo.learner.averaging import WeightAverage
 from cogrpo.learner.checkpoint import (load_optimizers, load_weights, rng_state, save_optimizers, save_weights,
                                       set_rng_state)
-from cogrpo.learner.learner import ScoredBatch, frozen_copy, make_phi_step, theta_optimizer
+from cogrpo.learner.learner import Loss, ScoredBatch, frozen_copy, loss_parts, make_phi_step, theta_optimizer
+from cogrpo.learner.ranks import Ranks
 from cogrpo.models.interface import compute_device
 from cogrpo.proto.config import Config
 from cogrpo.proto.errors import InputError, last_line
@@ -47,9 +49,15 @@ def load_deepspeed_checkpoint(engine, path: str) -> dict:
 
 
 def deepspeed_config(config: Config) -> dict:
+    """The engine's settings; ZeRO-Offload steps our torch AdamW on the host (DeepSpeed's own CPU Adam is a
+    compiled op, which nothing here builds)."""
+    zero: dict = {"stage": config.cluster.zero_stage}
+    if config.cluster.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu"}
     return {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
-            "gradient_clipping": config.algo.grad_clip, "zero_optimization": {"stage": config.cluster.zero_stage},
-            "bf16": {"enabled": torch.cuda.is_available()}, "steps_per_print": 10**9}
+            "gradient_clipping": config.algo.grad_clip, "zero_optimization": zero,
+            "zero_force_ds_cpu_optimizer": False, "bf16": {"enabled": torch.cuda.is_available()},
+            "steps_per_print": 10**9}
 
 
 class DeepSpeedStep:
@@ -58,8 +66,11 @@ class DeepSpeedStep:
     def __init__(self, engine):
         self.engine, self.optimizer = engine, engine.optimizer
 
-    def __call__(self, loss: torch.Tensor) -> float:
-        self.engine.backward(loss)
+    def __call__(self, loss: Loss) -> float:
+        parts = loss_parts(loss)
+        for i, part in enumerate(parts):  # the parts' gradients accumulate; the last one's backward reduces them
+            self.engine.set_gradient_accumulation_boundary(i == len(parts) - 1)
+            self.engine.backward(part())
         self.engine.step()
         norm = self.engine.get_global_grad_norm()
         return float(norm) if norm is not None else float("nan")
@@ -74,19 +85,28 @@ def _average_grads(params: list[torch.nn.Parameter]) -> None:
             p.grad /= world
 
 
-def rank_shard(sizes: list[int], usable: np.ndarray, rank: int, world: int
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A learner rank's equal share of the usable samples of batches of `sizes`: (its samples' indices in the
-    iteration, the batches they lie in, their indices in those batches concatenated). Shares are contiguous, so a
-    rank needs about 1/world of the batches; a remainder that does not divide evenly is left out so that all ranks
-    step together; an empty share still names one batch, whose step plan the update reads."""
+def _sum_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
+    """A tensor's elementwise sum over the learner group (on the compute device, as NCCL needs)."""
+    total = tensor.to(compute_device(), copy=True)
+    torch.distributed.all_reduce(total)
+    return total.to(tensor.device)
+
+
+def usable_batches(sizes: list[int], usable: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rollout batches of `sizes` a learner rank fetches, and their samples' indices in the iteration: every
+    batch holding a usable sample (each rank trains its share of minibatches drawn from all of them, as one process
+    does), and batch 0, whose seed the learner's draws derive from as in one process, usable samples or not."""
     starts = np.cumsum([0, *sizes])
-    index = np.flatnonzero(usable)
-    index = index[: len(index) // world * world].reshape(world, -1)[rank]
-    batch_of = np.searchsorted(starts, index, side="right") - 1
-    needed = np.unique(batch_of) if len(index) else np.array([0])
-    needed_starts = np.cumsum([0, *(sizes[b] for b in needed)])
-    return index, needed, index - starts[batch_of] + needed_starts[np.searchsorted(needed, batch_of)]
+    needed = np.flatnonzero([b == 0 or usable[starts[b]: starts[b + 1]].any() for b in range(len(sizes))])
+    return needed, np.concatenate([np.arange(starts[b], starts[b + 1]) for b in needed])
+
+
+def rank_metrics(ranks: list[dict]) -> dict:
+    """The run's metrics from every rank's: a rank's means are its share's sums over the ranks' mean count
+    (learner/ranks.py), so their plain mean over ranks is the whole minibatch's; the rest (counts of the whole
+    batch, flags, versions, gradient norms after the all-reduce) is the same on every rank, and rank 0's is kept."""
+    return {key: sum(rank[key] for rank in ranks) / len(ranks) if isinstance(value, float) else value
+            for key, value in ranks[0].items()}
 
 
 class LearnerWorker(Actor):
@@ -130,23 +150,25 @@ class LearnerWorker(Actor):
                                                config=deepspeed_config(config))
         reduce = _average_grads if world > 1 else None
         self.learner = build_learner(config, policies, self.engine, DeepSpeedStep(self.engine),
-                                     make_phi_step(self.policy, config, reduce_grads=reduce), reference)
+                                     make_phi_step(self.policy, config, reduce_grads=reduce), reference,
+                                     Ranks(rank, world, _sum_over_ranks))
         self.average = WeightAverage(config.algo.ema_decay) if config.algo.ema_decay and rank == 0 else None
         self.version = 0
         self.kept_state: tuple[int, dict | None] | None = None  # (weight version, full state): see _full_state
+        self.cuda_share = CudaShare()  # cuda_ipc's flat buffers, made at its first publish
 
     def update(self, iteration: int, parts: list, sizes: list[int], versions: list[int], advantages: np.ndarray,
                usable: np.ndarray, plan: StepPlan) -> dict:
         """parts: object refs of the trajectories per rollout batch, sizes: their sample counts, versions: the
-        weight version of each. A rank fetches only the batches its share of the samples lies in, so with several
-        ranks, or with PODS leaving samples out, no rank pulls every trajectory from the object store."""
+        weight version of each. Every rank takes the batches holding usable samples (PODS may leave some out) and
+        trains its share of each minibatch; the ranks' metrics combine with `rank_metrics`."""
         sample_version = np.repeat(versions, sizes)
-        index, needed, local = rank_shard(sizes, usable, self.rank, self.world)
+        needed, rows = usable_batches(sizes, usable)
         traj = Trajectory.cat(ray.get([parts[b] for b in needed]))
-        batch = ScoredBatch(traj.select(torch.from_numpy(local)), torch.from_numpy(advantages[index]),
-                            torch.ones(len(index), dtype=torch.bool), plan.trained_mask(len(usable))[index])
+        batch = ScoredBatch(traj, torch.from_numpy(advantages[rows]), torch.from_numpy(usable[rows]),
+                            plan.trained_mask(len(usable))[rows])
         stale = sample_version < self.version
-        metrics = self.learner.update(batch, iteration, stale=bool(stale[index].any()))
+        metrics = self.learner.update(batch, iteration, stale=bool(stale[usable].any()))
         self.version += 1
         if self.config.algo.ema_decay and metrics["train_theta"]:
             state = self._full_state(keep=True)  # collective under ZeRO-3: every rank calls it, rank 0 averages
@@ -185,9 +207,10 @@ class LearnerWorker(Actor):
         address, self.sync_store = self._open_store()
         return address
 
-    def publish(self, transport: str) -> list | None:
+    def publish(self, transport: str) -> list | IpcMessage | None:
         """Every rank calls this (the ZeRO-3 gather is collective). Rank 0 then broadcasts the versioned message
-        (`collective`; returns None) or puts it in the object store and returns [ref] (`object_store`, wrapped so
+        (`collective`; returns None), packs it into its shared GPU buffers and returns their handles (`cuda_ipc`),
+        or puts it in the object store and returns [ref] (`object_store`, wrapped so
         the driver passes the reference on without resolving it). The object store serves whatever
         cluster.weight_sync says: a restarted rollout worker cannot join the broadcast group."""
         state = self._full_state()
@@ -197,7 +220,9 @@ class LearnerWorker(Actor):
         if transport == "collective":
             self.sync.send(self.version, message)
             return None
-        return [ray.put(to_numpy(message))]
+        if transport == "cuda_ipc":
+            return self.cuda_share.publish(self.version, message)
+        return [ray.put(ObjectMessage.of(self.version, message))]
 
     def average_weights(self) -> list | None:
         """Rank 0: [ref] to theta's moving average for an evaluation (None before its first theta iteration)."""

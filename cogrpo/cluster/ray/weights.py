@@ -1,13 +1,15 @@
 """The weight channel: learner rank 0 -> every rollout worker, one versioned message that holds the model's and the
-schedule policy's tensors, and the whole choreography of a publish (`WeightChannel`, on the driver). Two
-transports:
+schedule policy's tensors, and the whole choreography of a publish (`WeightChannel`, on the driver). Three
+transports (`cluster.weight_sync`):
 
 - `collective`: a bucketed broadcast over a process group of its own (learner rank 0 is rank 0, rollout workers
-  are 1..W; gloo on CPU, NCCL on GPU), separate from the learners' DeepSpeed group. Same-dtype tensors are packed
-  into flat buckets so a 100M-parameter model moves in a few large messages. Every call ends within the group's
-  timeout with a clear error.
-- `object_store`: numpy arrays through the Ray object store (zero-copy reads on the same node); the fallback,
-  and the transport that survives a rollout worker restarting (a static group cannot take a new member).
+  are 1..W; gloo on CPU, NCCL on GPU), separate from the learners' DeepSpeed group. A tensor of 4 MB or more
+  travels by itself, from and into the tensor (no copy); smaller same-dtype ones in flat buckets through two
+  staging buffers per side (one packed or unpacked while the other is on the wire).
+  Every call ends within the group's timeout with a clear error.
+- `object_store` and `cuda_ipc` (cogrpo/cluster/ray/flat.py): numpy arrays in one Ray object (zero-copy reads on
+  the same node; the transport that survives a rollout worker restarting, as a static group cannot take a new
+  member), or the learner's GPU buffers shared with rollout workers on the same GPU.
 
 Both sides know the same architecture, so only values travel; a header (version, value count, layout checksum)
 catches a mismatch before any value is used.
@@ -20,7 +22,6 @@ import ipaddress
 import os
 import socket
 import time
-import zlib
 from typing import Callable
 
 import numpy as np
@@ -28,12 +29,13 @@ import psutil
 import torch
 import torch.distributed as dist
 
-from cogrpo.cluster.compat import process_group
+from cogrpo.cluster.compat import copy_all, process_group
+from cogrpo.cluster.ray.flat import (BUCKET_BYTES, WeightSyncError, buckets, check_colocated, header, mismatch,
+                                     split)
 from cogrpo.cluster.ray.pool import RESTARTED, ActorPool, from_learners, get, outcomes
 from cogrpo.proto.errors import first_line
 
 MODEL, POLICY = "model.", "policy."
-BUCKET_BYTES = 64 * 2**20
 
 
 def named_state(model: torch.nn.Module, policy: torch.nn.Module,
@@ -49,43 +51,6 @@ def named_state(model: torch.nn.Module, policy: torch.nn.Module,
 def to_numpy(state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
     """numpy has no bfloat16: those travel as float32 (exact), and load back into bf16 tensors exactly."""
     return {k: (v.float() if v.dtype == torch.bfloat16 else v).cpu().numpy() for k, v in state.items()}
-
-
-def load_named_state(model: torch.nn.Module, policy: torch.nn.Module, weights: dict) -> None:
-    """Load a message (torch tensors or numpy arrays) into both modules, strictly."""
-    for module, prefix in ((model, MODEL), (policy, POLICY)):
-        module.load_state_dict({k[len(prefix):]: torch.as_tensor(v) for k, v in weights.items()
-                                if k.startswith(prefix)})
-
-
-def buckets(state: dict[str, torch.Tensor], bucket_bytes: int = BUCKET_BYTES) -> list[list[str]]:
-    """Names grouped into buckets of one dtype and at most bucket_bytes (a larger tensor gets its own bucket), in
-    an order both sides compute identically."""
-    out: list[list[str]] = []
-    by_dtype: dict[torch.dtype, list[str]] = {}
-    for name in sorted(state):
-        by_dtype.setdefault(state[name].dtype, []).append(name)
-    for dtype in sorted(by_dtype, key=str):
-        current, size = [], 0
-        for name in by_dtype[dtype]:
-            nbytes = state[name].numel() * state[name].element_size()
-            if current and size + nbytes > bucket_bytes:
-                out.append(current)
-                current, size = [], 0
-            current.append(name)
-            size += nbytes
-        out.append(current)
-    return out
-
-
-def layout_signature(state: dict[str, torch.Tensor]) -> int:
-    """A checksum of names, shapes and dtypes: the two sides must agree on it before any value is trusted."""
-    text = ";".join(f"{n}:{tuple(state[n].shape)}:{state[n].dtype}" for n in sorted(state))
-    return zlib.crc32(text.encode())
-
-
-class WeightSyncError(RuntimeError):
-    pass
 
 
 def host_store(host: str, timeout_s: float) -> dist.TCPStore:
@@ -134,6 +99,7 @@ class BroadcastGroup:
                  bucket_bytes: int = BUCKET_BYTES):
         self.rank, self.world, self.timeout_s, self.bucket_bytes = rank, world, timeout_s, bucket_bytes
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.staging = [torch.empty(0, dtype=torch.uint8, device=self.device) for _ in range(2)]
         try:
             self.group = process_group(store, rank, world, own_ip, timeout_s, cuda=self.device == "cuda")
         except RuntimeError as exc:
@@ -143,11 +109,21 @@ class BroadcastGroup:
         return (f"weight sync failed while {what} (rank {self.rank} of {self.world}, timeout "
                 f"{self.timeout_s:g} s; a peer died or never joined): {first_line(exc)}")
 
-    def _broadcast(self, tensor: torch.Tensor, what: str) -> None:
+    def _start(self, tensor: torch.Tensor, what: str):
+        """The broadcast of `tensor` from rank 0, under way: its work handle, for `_wait`."""
         try:
-            self.group.broadcast(tensor, 0).wait()
+            return self.group.broadcast(tensor, 0)
         except RuntimeError as exc:
             raise WeightSyncError(self._explain(what, exc)) from None
+
+    def _wait(self, work, what: str) -> None:
+        try:
+            work.wait()
+        except RuntimeError as exc:
+            raise WeightSyncError(self._explain(what, exc)) from None
+
+    def _broadcast(self, tensor: torch.Tensor, what: str) -> None:
+        self._wait(self._start(tensor, what), what)
 
     def _all_agree(self, ok: bool) -> bool:
         """Every rank's verdict on the header, so a mismatch ends all sides at once instead of in a timeout."""
@@ -158,34 +134,70 @@ class BroadcastGroup:
             raise WeightSyncError(self._explain("agreeing on the header", exc)) from None
         return bool(flag.item())
 
+    def _flat(self, slot: int, parts: list[torch.Tensor]) -> torch.Tensor:
+        """A flat view for `parts`' values in staging buffer `slot` (0 or 1), grown once to the largest bucket and
+        reused: no fresh (page-faulting) allocation per bucket or per publish."""
+        size = sum(p.numel() for p in parts) * parts[0].element_size()
+        if self.staging[slot].numel() < size:
+            self.staging[slot] = torch.empty(size, dtype=torch.uint8, device=self.device)
+        return self.staging[slot][:size].view(parts[0].dtype)
+
     def send(self, version: int, state: dict[str, torch.Tensor]) -> None:
-        """Rank 0: the header, then one flat buffer per bucket."""
-        header = [version, sum(v.numel() for v in state.values()), layout_signature(state)]
-        self._broadcast(torch.tensor(header, dtype=torch.int64, device=self.device), "sending the header")
+        """Rank 0: the header, then every bucket, up to two packed ones in flight (their staging buffers take
+        turns: one is packed while the other is on the wire)."""
+        head = header(version, state)
+        self._broadcast(torch.tensor(head, dtype=torch.int64, device=self.device), "sending the header")
         if not self._all_agree(True):
             raise WeightSyncError(f"weight sync: a rollout worker's tensors do not match the learner's "
-                                  f"({header[1]} values): different architectures on the two sides?")
+                                  f"({head[1]} values): different architectures on the two sides?")
+        what, sent, last, slot = f"sending version {version}", [], [None, None], 0
         for names in buckets(state, self.bucket_bytes):
-            flat = torch.cat([state[n].reshape(-1).to(self.device) for n in names])
-            self._broadcast(flat, f"sending version {version}")
+            parts = [state[n].to(self.device) for n in names]
+            if len(parts) == 1:
+                flat = parts[0].reshape(-1)
+            else:
+                if last[slot] is not None:
+                    self._wait(last[slot], what)  # the bucket before last is out: its buffer may be packed again
+                flat = self._flat(slot, parts)
+                torch.cat([p.reshape(-1) for p in parts], out=flat)
+            sent.append((self._start(flat, what), flat))
+            if len(parts) > 1:
+                last[slot], slot = sent[-1][0], 1 - slot
+        for work, _ in sent:
+            self._wait(work, what)
 
     def receive(self, into: dict[str, torch.Tensor]) -> int:
-        """Ranks 1..W: fill `into` (tensors shaped like the sender's) in place; returns the version received."""
-        header = torch.zeros(3, dtype=torch.int64, device=self.device)
-        self._broadcast(header, "receiving the header")
-        version, total, signature = (int(x) for x in header.tolist())
-        expected = sum(v.numel() for v in into.values())
-        matches = (total, signature) == (expected, layout_signature(into))
-        if not self._all_agree(matches):
-            who = "another rollout worker's" if matches else f"this worker's ({expected} values)"
-            raise WeightSyncError(f"weight sync: the learner's tensors ({total} values) do not match {who}: "
-                                  "different architectures on the two sides?")
+        """Ranks 1..W: fill `into` (tensors shaped like the sender's) in place; returns the version received. A
+        bucket of one tensor lands in the tensor itself; a packed one is unpacked while the next arrives in the
+        other staging buffer."""
+        head = torch.zeros(3, dtype=torch.int64, device=self.device)
+        self._broadcast(head, "receiving the header")
+        version, values, signature = (int(x) for x in head.tolist())
+        problem = mismatch(values, signature, into)
+        if not self._all_agree(problem is None):
+            raise WeightSyncError(problem or f"weight sync: the learner's tensors ({values} values) do not match "
+                                  "another rollout worker's: different architectures on the two sides?")
+        what, direct, packed, slot = f"receiving version {version}", [], [None, None], 0
         for names in buckets(into, self.bucket_bytes):
-            flat = torch.empty(sum(into[n].numel() for n in names), dtype=into[names[0]].dtype, device=self.device)
-            self._broadcast(flat, f"receiving version {version}")
-            for name, part in zip(names, flat.split([into[n].numel() for n in names])):
-                into[name].copy_(part.view_as(into[name]))
+            parts = [into[n] for n in names]
+            if len(parts) == 1 and parts[0].is_contiguous():
+                direct.append(self._start(parts[0].view(-1), what))
+                continue
+            self._unpack(packed[slot], what)  # the bucket before last, before its buffer is reused
+            flat = self._flat(slot, parts)
+            packed[slot], slot = (self._start(flat, what), parts, flat), 1 - slot
+        for work in direct:
+            self._wait(work, what)
+        for held in packed:
+            self._unpack(held, what)
         return version
+
+    def _unpack(self, held: tuple | None, what: str) -> None:
+        """(work, tensors, staging view) of a packed bucket under way: wait for it, then copy it out once."""
+        if held is not None:
+            work, parts, flat = held
+            self._wait(work, what)
+            copy_all(parts, split(flat, parts))
 
 
 class WeightChannel:
@@ -195,13 +207,17 @@ class WeightChannel:
 
     def __init__(self, learners: list, rollouts: ActorPool, transport: str, timeout_s: float,
                  log: Callable[[str], None]):
+        """A rollout worker Ray restarted gets the weights through the object store whatever the transport."""
         self.learners, self.rollouts, self.transport, self.timeout_s, self.log = (learners, rollouts, transport,
                                                                                   timeout_s, log)
         self.version = 0  # what every rollout worker should hold
         rollouts.after_recovery = self.bring_up_to_date
 
     def connect(self) -> None:
-        """Form the broadcast group (collective transport): learner rank 0 hosts its store, all join at once."""
+        """Form the broadcast group (collective: learner rank 0 hosts its store, all join at once), or check that
+        learner rank 0 and every rollout worker share one GPU (cuda_ipc)."""
+        if self.transport == "cuda_ipc":
+            check_colocated(get([w.gpu_place.remote() for w in [self.learners[0], *self.rollouts]], self.timeout_s))
         if self.transport != "collective":
             return
         host, port = get(self.learners[0].host_weight_sync.remote(), self.timeout_s)
@@ -216,9 +232,9 @@ class WeightChannel:
         if self.transport == "collective":
             publish = [w.publish.remote("collective") for w in self.learners]
             self._settle([w.receive_weights.remote() for w in self.rollouts], publish)
-        if self.transport == "object_store":
-            holder = self._put()
-            self._settle([w.load_weights.remote(version, holder) for w in self.rollouts])
+        if self.transport in ("object_store", "cuda_ipc"):
+            message = self._put(self.transport)
+            self._settle([w.load_weights.remote(message) for w in self.rollouts])
         return time.time() - start
 
     def bring_up_to_date(self, slot: int) -> None:
@@ -226,11 +242,12 @@ class WeightChannel:
         worker = self.rollouts[slot]
         if get(worker.weight_version.remote(), self.timeout_s) != self.version:
             self._leave_broadcast()
-            get(worker.load_weights.remote(self.version, self._put()), self.timeout_s)
+            get(worker.load_weights.remote(self._put("object_store")), self.timeout_s)
 
-    def _put(self) -> list:
-        """[ref] to the learner's message in the object store (every rank joins: a ZeRO-3 gather is collective)."""
-        return from_learners([w.publish.remote("object_store") for w in self.learners], self.timeout_s)[0]
+    def _put(self, transport: str):
+        """The learner's message: [ref] to it in the object store, or its CUDA IPC handles (every rank joins: a
+        ZeRO-3 gather is collective)."""
+        return from_learners([w.publish.remote(transport) for w in self.learners], self.timeout_s)[0]
 
     def _settle(self, calls: list, publish: list = ()) -> None:
         """Settle one weight-sync call per rollout worker (and the learners' publish). A worker that restarted is

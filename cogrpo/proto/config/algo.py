@@ -79,6 +79,13 @@ class AlgoConfig(Section):
     nft_beta: float = Field(1.0, gt=0)
     nft_adv_clip: float = Field(5.0, gt=0)
     maskgrpo_gamma: float = Field(0.8, ge=0, lt=1)
+    # The memory of theta's update. replay_chunk > 0: a minibatch is replayed in blocks of at most this many
+    # (sample, step) pairs (samples, for an estimator that does not score steps), each back-propagated before the
+    # next is built (exact: the loss is a sum over them; it costs one no-grad replay more), so the peak stays that
+    # of one block however many steps train and however large the minibatch; 0: all at once.
+    # activation_checkpointing: the backbone's blocks recompute their activations in backward.
+    replay_chunk: int = Field(0, ge=0, le=1024)
+    activation_checkpointing: bool = False
     steps: StepSubsetConfig = StepSubsetConfig()
 
     @model_validator(mode="after")

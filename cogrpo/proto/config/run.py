@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from cogrpo.proto.config.base import Section, Steps
 
 
 class TrainConfig(Section):
     iterations: int = Field(60, ge=1)
-    # RL prompts: null = the generated train split (no held-out composition), or a metadata file.
+    # RL prompts: null = the generated train split (no held-out composition), or a prompt file (GenEval metadata or
+    # prompt JSONL, or .txt with one prompt a line: cogrpo/data/records.py)
     prompts: str | None = None
     eval_every: int = Field(20, ge=1)
     eval_at_start: bool = True
@@ -73,9 +74,13 @@ class ClusterConfig(Section):
     # than the trainer's (ImageReward: see the README)
     reward_runtime_env: dict[str, Any] = {}
     zero_stage: int = Field(1, ge=0, le=3)
+    # ZeRO-Offload: the learner ranks keep the fp32 master weights and Adam's moments in host memory and step them
+    # there (12 of the 16 bytes per parameter leave the GPU; stage 1 or more)
+    offload_optimizer: bool = False
     # collective: bucketed broadcast over a group of learner rank 0 + rollout workers (gloo/NCCL);
-    # object_store: numpy arrays through Ray's object store (the fallback)
-    weight_sync: Literal["collective", "object_store"] = "collective"
+    # object_store: numpy arrays through Ray's object store (the fallback); cuda_ipc: learner rank 0 and the rollout
+    # workers on one GPU, which copy from the learner's shared buffers device to device
+    weight_sync: Literal["collective", "object_store", "cuda_ipc"] = "collective"
     max_staleness: int = Field(0, ge=0, le=1)
     timeout_s: float = Field(600.0, gt=0)
     # faults: Ray restarts a dead rollout or reward worker this many times (its lost calls are issued again); a
@@ -85,13 +90,45 @@ class ClusterConfig(Section):
     reward_timeout_s: float = Field(300.0, gt=0)
     reward_retries: int = Field(1, ge=0)
 
+    @model_validator(mode="after")
+    def _offload_needs_zero(self) -> ClusterConfig:
+        if self.offload_optimizer and self.zero_stage == 0:
+            raise ValueError("offload_optimizer needs zero_stage 1, 2 or 3 (ZeRO-Offload partitions the optimizer)")
+        return self
+
+
+class SimulateConfig(Section):
+    """A simulated cluster for capacity planning (docs/simulation.md): every actor, call, retry, weight message and
+    metric is real, but the model's passes are waits (no CPU) sized by this cost model, in seconds on one GPU;
+    rewards are drawn. The defaults estimate Meissonic-1B at 1024 px on H100s (benchmarks/simulated_cluster.py)."""
+
+    rollout_s_per_image_step: float = Field(0.010, gt=0, le=60)  # one decoding step of one image, guidance included
+    # one trained (sample, step) replayed with gradients: forward and backward (a replay without them waits a third)
+    learner_s_per_sample_step: float = Field(0.040, gt=0, le=600)
+    reward_s_per_image: float = Field(0.010, ge=0, le=60)  # one reward term scoring one image
+    # one worker stands for this many GPUs: its waits are divided by it (calls run one at a time, so its batches
+    # take as long in all as they would on that many GPUs; a rollout worker's own work is shared alike)
+    gpus_per_rollout_worker: int = Field(1, ge=1, le=1024)
+    gpus_per_reward_worker: int = Field(1, ge=1, le=1024)
+    gpus_per_learner_rank: int = Field(1, ge=1, le=1024)
+    tokens: int = Field(4096, ge=1, le=65536)  # positions a sample decodes: the size of its trajectory
+    # the model-sized buffer theta holds, which every publish moves (Meissonic's 2 GB of bf16 weights / 16)
+    weights_mb: float = Field(128.0, gt=0, le=65536)
+    # rewards: a prompt's mean drawn around 0.5 with this spread, each sample's score around it with this noise;
+    # this share of prompts scores all its samples alike (a group with zero variance, as too hard or too easy)
+    prompt_spread: float = Field(0.2, ge=0, le=10)
+    noise: float = Field(0.1, ge=0, le=10)
+    zero_variance: float = Field(0.25, ge=0, le=1)
+
 
 class MetricsConfig(Section):
     """The driver's Prometheus endpoint (`/metrics`), for runs without Ray's metrics export. It binds the loopback
     address unless `host` says otherwise: metrics name prompts' rewards and the cluster's layout, so exposing them
-    to the network is a choice, not a default."""
+    to the network is a choice, not a default. `tensorboard` also writes the run's rows as TensorBoard event files
+    in the run directory, for those who read runs there (needs the `tensorboard` extra)."""
 
     port: int | None = Field(None, ge=0, le=65535)  # null: no endpoint; 0: any free port (the log names it)
     host: str = "127.0.0.1"
+    tensorboard: bool = False
 
 

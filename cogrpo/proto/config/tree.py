@@ -13,9 +13,10 @@ from pydantic import Field, ValidationError, model_validator
 from cogrpo.proto.config.algo import AlgoConfig
 from cogrpo.proto.config.base import Section, Seed
 from cogrpo.proto.config.model import ModelConfig, RewardConfig, SamplerConfig, SchedulePolicyConfig
-from cogrpo.proto.config.run import ClusterConfig, EvalConfig, MetricsConfig, PretrainConfig, TrainConfig
+from cogrpo.proto.config.run import (ClusterConfig, EvalConfig, MetricsConfig, PretrainConfig, SimulateConfig,
+                                     TrainConfig)
 from cogrpo.proto.errors import InputError, clip
-from cogrpo.proto.kinds import FAMILIES, FAMILY_OF_KIND, REWARD_SCORES
+from cogrpo.proto.kinds import FAMILIES, FAMILY_OF_KIND, OPEN_PROMPT_KINDS, REWARD_SCORES
 from cogrpo.proto.plugins import plugin_attribute
 
 
@@ -40,6 +41,8 @@ class Config(Section):
     runtime: Literal["local", "ray"] = "local"
     cluster: ClusterConfig = ClusterConfig()
     metrics: MetricsConfig = MetricsConfig()
+    # a simulated cluster: the configured model and rewards stand in as waits and drawn scores (docs/simulation.md)
+    simulate: SimulateConfig | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -68,6 +71,14 @@ class Config(Section):
         family = self.model.family
         return FAMILIES[family].samples if family in FAMILIES else plugin_attribute(family, "samples")
 
+    @property
+    def prompt_world(self) -> str:
+        """What its prompt files hold: "reasoning" tasks (a text family), "open" prompts (any text, GenEval metadata
+        of any class: a backbone with its own text encoder) or the "shapes" world's (its vocabulary and classes)."""
+        if self.samples == "texts":
+            return "reasoning"
+        return "open" if self.model.kind in OPEN_PROMPT_KINDS else "shapes"
+
     @model_validator(mode="after")
     def _consistent(self) -> Config:
         if not self.rewards:
@@ -94,8 +105,17 @@ class Config(Section):
         if self.sampler.shared_noise:
             self._noise_shared_by_whole_groups()
         self._blocks_divide()
+        if self.simulate is not None and self.algo.theta_objective != "clipped":
+            raise ValueError("simulate: a simulated run replays log-probs (algo.theta_objective clipped)")
         if self.algo.steps.mode == "window" and self.algo.steps.window > self.sampler.steps:
             raise ValueError(f"algo.steps.window {self.algo.steps.window} exceeds sampler.steps {self.sampler.steps}")
+        if self.runtime == "ray" and self.algo.minibatch < self.cluster.learner_ranks:
+            raise ValueError(f"algo.minibatch {self.algo.minibatch} is below cluster.learner_ranks "
+                             f"{self.cluster.learner_ranks}: every rank trains a share of each minibatch")
+        if self.runtime == "ray" and self.cluster.learner_ranks > 1 and self.algo.replay_chunk:
+            raise ValueError("algo.replay_chunk with several learner ranks is not supported yet: ranks whose shares "
+                             "differ would run different numbers of blocks, and DeepSpeed's collectives need them "
+                             "equal (use activation_checkpointing and a smaller minibatch)")
         return self
 
     def _family_offers(self, family) -> None:

@@ -53,6 +53,8 @@ class SDEReplay:
     """theta's log-density of each trained step's recorded SDE transition (one action per step, A = 1), from the
     latent before it with the step's knobs: exactly the Gaussian the sampler drew from."""
 
+    scores_steps = True
+
     def __init__(self, t_cap: Callable[[int], float]):
         self.t_cap = t_cap  # of a trajectory's schedule length
 
@@ -111,4 +113,5 @@ class FlowImageFamily:
             return ForwardProcessNFT(algo)
         raise InputError(f"the flow image family has no likelihood-free objective {name!r} (nft)")
 
-    summarize = staticmethod(summarize_images)
+    def summarize(self, records: list[dict], samples: np.ndarray) -> tuple[dict, list[dict]]:
+        return summarize_images(records, samples, self.config.prompt_world)

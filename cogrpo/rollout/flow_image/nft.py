@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from cogrpo.proto.config import AlgoConfig
+from cogrpo.proto.family import Denominator, own_counts
 from cogrpo.proto.messages import Trajectory
 from cogrpo.rollout.batching import derived_seed
 
@@ -57,7 +58,8 @@ class ForwardProcessNFT:
         return velocity(model, xt, t, cond).unflatten(0, inputs["t"].shape)
 
     def loss(self, model: nn.Module, traj: Trajectory, inputs: dict[str, torch.Tensor], old: torch.Tensor,
-             advantages: torch.Tensor, reference: torch.Tensor | None) -> tuple[torch.Tensor, dict]:
+             advantages: torch.Tensor, reference: torch.Tensor | None,
+             denominator: Denominator = own_counts) -> tuple[torch.Tensor, dict]:
         xt, t, cond, target = self.noised(traj, inputs)
         v = velocity(model, xt, t, cond)
         t, target = t.to(v.device), target.to(v.device)
@@ -72,10 +74,12 @@ class ForwardProcessNFT:
             return (error ** 2).mean((1, 2)) / error.detach().abs().mean((1, 2)).clamp(min=1e-5)
 
         positive_loss, negative_loss = weighted(positive), weighted(negative)
-        loss = ((r * positive_loss + (1 - r) * negative_loss) / self.beta).mean()
-        metrics = {"nft_positive": positive_loss.mean().item(), "nft_negative": negative_loss.mean().item()}
+        noisings, elements = denominator(torch.tensor([positive_loss.numel(), v.numel()]))
+        loss = ((r * positive_loss + (1 - r) * negative_loss) / self.beta).sum() / noisings
+        metrics = {"nft_positive": (positive_loss.sum() / noisings).item(),
+                   "nft_negative": (negative_loss.sum() / noisings).item()}
         if reference is not None:
-            kl = ((v - reference.flatten(0, 1).to(v.device)) ** 2).mean()
+            kl = ((v - reference.flatten(0, 1).to(v.device)) ** 2).sum() / elements
             loss = loss + self.kl_beta * kl
             metrics["kl_ref"] = kl.item()
         return loss, metrics

@@ -127,7 +127,8 @@ def generate(model: TinyFlow, cond: torch.Tensor, schedule, hand: torch.Tensor, 
 def replay_log_probs(model: TinyFlow, traj: Trajectory, steps: list[int], t_cap: float,
                      select: torch.Tensor | None = None) -> torch.Tensor:
     """The recorded SDE transitions' log-densities under the model, averaged over elements: (B, len(steps), 1).
-    Differentiable; one batched forward pass for the selected (sample, step) pairs (the others are 0)."""
+    Differentiable; one batched forward pass for the selected (sample, step) pairs (the others are 0; none: no
+    pass)."""
     b, device = traj.batch_size, model.device
     latents, times, cond = traj.tensors["latents"], traj.tensors["times"], traj.tensors["cond"]
     idx = torch.tensor(steps)
@@ -136,6 +137,8 @@ def replay_log_probs(model: TinyFlow, traj: Trajectory, steps: list[int], t_cap:
     knobs = traj.knobs[:, idx].transpose(0, 1).flatten(0, 1)
     conds = cond.repeat(len(steps), *([1] * (cond.dim() - 1)))
     rows = torch.ones(len(steps) * b, dtype=torch.bool) if select is None else select.T.reshape(-1)
+    if not bool(rows.any()):
+        return torch.zeros(b, len(steps), 1)
     x, x_next, t, t_next, knobs, conds = (v[rows].to(device) for v in (x, x_next, t, t_next, knobs, conds))
     v = guided_velocity(model, x, t, conds, model.null_conditioning(len(conds)).to(device), knobs[:, _W])
     mean, std = sde_mean_std(x, v, _per_sample(t), _per_sample(t_next), _per_sample(knobs[:, _A]), t_cap)

@@ -21,7 +21,7 @@ from cogrpo.proto.config import AlgoConfig
 from cogrpo.proto.family import ActionLogProbs
 from cogrpo.proto.messages import Trajectory
 from cogrpo.rollout.batching import derived_seed
-from cogrpo.rollout.masked.sampler import _W, guided_log_probs, replay_log_probs
+from cogrpo.rollout.masked.sampler import _W, chosen_log_probs, replay_log_probs
 
 D1_PROMPT_MASK = 0.15  # d1's share of prompt tokens masked
 
@@ -32,6 +32,8 @@ def committed_at(traj: Trajectory, steps: list[int]) -> torch.Tensor:
 
 
 class TrajectoryReplay:
+    scores_steps = True
+
     def inputs(self, traj: Trajectory, epochs: int) -> list[dict[str, torch.Tensor]]:
         return [{}]
 
@@ -82,9 +84,8 @@ def remasked_log_probs(model, traj: Trajectory, masked: torch.Tensor,
     knobs = torch.ones(traj.batch_size, traj.knobs.shape[2])
     if knobs.shape[1] > _W:
         knobs[:, _W] = traj.knobs[:, :, _W].mean(1)
-    logp = guided_log_probs(model, tokens.to(device).masked_fill(masked.to(device), model.mask_id), cond.to(device),
-                            model.null_conditioning(len(tokens)).to(device), knobs.to(device))
-    logp = logp.gather(-1, tokens.to(device)[..., None]).squeeze(-1)
+    logp = chosen_log_probs(model, tokens.to(device).masked_fill(masked.to(device), model.mask_id), cond.to(device),
+                            model.null_conditioning(len(tokens)).to(device), knobs.to(device), tokens.to(device))
     return ActionLogProbs(logp.to(tokens.device)[:, None, :], masked[:, None, :])
 
 
@@ -92,6 +93,8 @@ class Remasking:
     """An estimator that scores the finished sample re-masked (S = 1): the masks are drawn per inner epoch by
     `masks`; it scores the finished sample, not steps, so `select` does not apply, and its scores are not the
     sampler's (no behaviour log-probs)."""
+
+    scores_steps = False
 
     def masks(self, traj: Trajectory, epochs: int) -> list[dict[str, torch.Tensor]]:
         raise NotImplementedError

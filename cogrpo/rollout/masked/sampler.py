@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from cogrpo.models.interface import MaskedTokenModel
 from cogrpo.models.schedule_policy import ScheduleEncoder
@@ -70,17 +71,46 @@ def canvas_before(traj: Trajectory, step: int, mask_id: int) -> torch.Tensor:
     return torch.where(commit_step < step, tokens, torch.full_like(tokens, mask_id))
 
 
-def guided_log_probs(model: MaskedTokenModel, canvas: torch.Tensor, cond: torch.Tensor, null: torch.Tensor,
-                     knobs: torch.Tensor) -> torch.Tensor:
-    """log-softmax of the guided, temperature-scaled logits: (B, N, V). knobs: (B, K); without a guidance knob, the
-    conditional logits."""
+def _model_logits(model: MaskedTokenModel, canvas: torch.Tensor, cond: torch.Tensor, null: torch.Tensor,
+                  knobs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """(conditional logits, unconditional ones or None when no sample is guided, guidance (B,)), as the model
+    returns them (bf16 under DeepSpeed on GPUs). knobs: (B, K); a family without a guidance knob is not guided."""
     guidance = knobs[:, _W] if knobs.shape[1] > _W else knobs.new_zeros(len(knobs))
     if bool((guidance == 0).all()):
-        logits = model(canvas, cond)
-    else:
-        cond_logits, null_logits = model(torch.cat([canvas, canvas]), torch.cat([cond, null])).chunk(2)
-        logits = cond_logits + guidance[:, None, None] * (cond_logits - null_logits)
-    return F.log_softmax(logits / knobs[:, _TAU, None, None], dim=-1)
+        return model(canvas, cond), None, guidance
+    cond_logits, null_logits = model(torch.cat([canvas, canvas]), torch.cat([cond, null])).chunk(2)
+    return cond_logits, null_logits, guidance
+
+
+def _tempered_log_softmax(cond_logits: torch.Tensor, null_logits: torch.Tensor | None, guidance: torch.Tensor,
+                          temperature: torch.Tensor) -> torch.Tensor:
+    """log-softmax of the guided, temperature-scaled logits in float32: (B, N, V)."""
+    logits = cond_logits.float()
+    if null_logits is not None:
+        logits = logits + guidance[:, None, None] * (logits - null_logits.float())
+    return F.log_softmax(logits / temperature[:, None, None], dim=-1)
+
+
+def guided_log_probs(model: MaskedTokenModel, canvas: torch.Tensor, cond: torch.Tensor, null: torch.Tensor,
+                     knobs: torch.Tensor) -> torch.Tensor:
+    """log-softmax of the guided, temperature-scaled logits: (B, N, V)."""
+    return _tempered_log_softmax(*_model_logits(model, canvas, cond, null, knobs), knobs[:, _TAU])
+
+
+def _picked(cond_logits, null_logits, guidance, temperature, targets):
+    return _tempered_log_softmax(cond_logits, null_logits, guidance, temperature).gather(
+        -1, targets[..., None]).squeeze(-1)
+
+
+def chosen_log_probs(model: MaskedTokenModel, canvas: torch.Tensor, cond: torch.Tensor, null: torch.Tensor,
+                     knobs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log p(targets) (B, N) under the guided, tempered distribution, differentiably. The float32 guidance,
+    temperature and log-softmax over the codebook are recomputed in backward instead of kept (activation
+    checkpointing), so autograd holds only the model's own logits, not several (B, N, V) float32 copies."""
+    cond_logits, null_logits, guidance = _model_logits(model, canvas, cond, null, knobs)
+    if not torch.is_grad_enabled():
+        return _picked(cond_logits, null_logits, guidance, knobs[:, _TAU], targets)
+    return checkpoint(_picked, cond_logits, null_logits, guidance, knobs[:, _TAU], targets, use_reentrant=False)
 
 
 def _commit_maskgit(masked, score, knobs, size, last, stochastic, generator):
@@ -200,7 +230,7 @@ def replay_log_probs(model: MaskedTokenModel, traj: Trajectory, steps: list[int]
                      select: torch.Tensor | None = None) -> torch.Tensor:
     """Log-probs of the recorded final tokens under the model, re-run on the canvas before each step in `steps`
     with that step's knobs: (B, len(steps), N). Differentiable; one batched forward pass for all steps. select
-    (B, len(steps)) bool: only those (sample, step) pairs are run, the others are 0. Entries where
+    (B, len(steps)) bool: only those (sample, step) pairs are run, the others are 0 (none: no pass). Entries where
     commit_step != step are not that step's actions; callers mask them. The forward pass runs on the model's
     device; the (small) result comes back to the CPU trajectory's device, gradients included."""
     b, device = traj.batch_size, model.device
@@ -210,11 +240,13 @@ def replay_log_probs(model: MaskedTokenModel, traj: Trajectory, steps: list[int]
     knobs = torch.cat([traj.knobs[:, t] for t in steps])
     targets = tokens.repeat(len(steps), 1)
     rows = None if select is None else select.transpose(0, 1).reshape(-1)  # step-major, as the canvases
+    if rows is not None and not bool(rows.any()):
+        return torch.zeros(b, len(steps), tokens.shape[1])
     if rows is not None:
         canvases, conds, knobs, targets = canvases[rows], conds[rows], knobs[rows], targets[rows]
-    logp_all = guided_log_probs(model, canvases.to(device), conds.to(device),
-                                model.null_conditioning(conds.shape[0]).to(device), knobs.to(device))
-    logp = logp_all.gather(-1, targets.to(device)[..., None]).squeeze(-1).to(tokens.device)
+    logp = chosen_log_probs(model, canvases.to(device), conds.to(device),
+                            model.null_conditioning(conds.shape[0]).to(device), knobs.to(device),
+                            targets.to(device)).to(tokens.device)
     if rows is not None:
         full = logp.new_zeros(len(steps) * b, logp.shape[1])
         full[rows] = logp

@@ -86,4 +86,5 @@ class MaskedImageFamily:
     def forward_objective(self, name: str, algo: AlgoConfig):
         raise InputError(f"the masked image family has no likelihood-free objective {name!r}")
 
-    summarize = staticmethod(summarize_images)
+    def summarize(self, records: list[dict], samples: np.ndarray) -> tuple[dict, list[dict]]:
+        return summarize_images(records, samples, self.config.prompt_world)
